@@ -1,0 +1,171 @@
+"""Label maps: validation, raw dataset PNG values -> class indices, the generator's one-hot + edge input, palettes.
+
+The semantic input is built exactly as the official code does: a one-hot map over `label_nc (+1 don't-care)`
+channels, then (with instance maps) one channel that is 1 wherever a 4-neighbour has another instance id.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from spade_deploy.config import GeneratorConfig
+from spade_deploy.images import save_png
+
+ArrayLike = np.ndarray | torch.Tensor
+RAW_DONTCARE = 255  # raw PNG value the official datasets map to the don't-care index
+
+
+def check_label_size(height: int, width: int, config: GeneratorConfig) -> None:
+    """Raise `ValueError` unless the generator can produce an image of this size."""
+    if config.use_vae:
+        if (height, width) != config.image_size:
+            raise ValueError(f"label map is {height}x{width}, but this VAE generator's latent grid fixes its output "
+                             f"at {config.image_size[0]}x{config.image_size[1]}")
+        return
+    scale = 2 ** config.num_upsamplings
+    if height % scale or width % scale or height < scale or width < scale:
+        raise ValueError(f"label map is {height}x{width}; both sides must be positive multiples of {scale} "
+                         f"(2**{config.num_upsamplings} for num_upsampling_layers={config.num_upsampling_layers!r})")
+
+
+def as_label_batch(labels: ArrayLike, name: str = "labels") -> torch.Tensor:
+    """`[H, W]` or `[N, H, W]` integer array -> int64 tensor `[N, H, W]`; anything else is a `ValueError`."""
+    tensor = torch.as_tensor(labels)
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers (class indices), got dtype {tensor.dtype}")
+    if tensor.dim() == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 3:
+        raise ValueError(f"{name} must be [H, W] or [N, H, W], got shape {list(tensor.shape)}")
+    return tensor.long()
+
+
+def check_label_range(labels: torch.Tensor, config: GeneratorConfig) -> None:
+    count = config.num_label_channels
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= count):
+        bad = labels[(labels < 0) | (labels >= count)]
+        dontcare = f" (index {config.label_nc} is don't-care)" if config.contain_dontcare_label else ""
+        raise ValueError(f"labels must lie in [0, {count - 1}]{dontcare} for this model (label_nc={config.label_nc}"
+                         f", contain_dontcare_label={config.contain_dontcare_label}); found {int(bad.numel())} "
+                         f"values outside, e.g. {sorted(set(bad.unique()[:5].tolist()))}")
+
+
+def instance_edges(instances: torch.Tensor) -> torch.Tensor:
+    """`[N, H, W]` instance ids -> float `[N, 1, H, W]`, 1 on both sides of every 4-neighbour id change."""
+    edge = torch.zeros_like(instances, dtype=torch.bool)
+    horizontal = instances[:, :, 1:] != instances[:, :, :-1]
+    vertical = instances[:, 1:, :] != instances[:, :-1, :]
+    edge[:, :, 1:] |= horizontal
+    edge[:, :, :-1] |= horizontal
+    edge[:, 1:, :] |= vertical
+    edge[:, :-1, :] |= vertical
+    return edge.unsqueeze(1).float()
+
+
+def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: GeneratorConfig) -> torch.Tensor:
+    """Label indices `[N, H, W]` (and instance ids) -> the generator input `[N, semantic_nc, H, W]` float32."""
+    labels = as_label_batch(labels)
+    check_label_range(labels, config)
+    check_label_size(labels.shape[1], labels.shape[2], config)
+    semantic = F.one_hot(labels, config.num_label_channels).permute(0, 3, 1, 2).float()
+    if not config.use_instance:
+        if instances is not None:
+            raise ValueError("this model takes no instance map (use_instance=False); pass instances=None")
+        return semantic
+    if instances is None:
+        raise ValueError("this model uses instance edges (use_instance=True); pass an instance-id map of the "
+                         "label map's size")
+    instances = as_label_batch(instances, "instances")
+    if instances.shape != labels.shape:
+        raise ValueError(f"instances have shape {list(instances.shape)} but labels have {list(labels.shape)}; "
+                         f"they must match")
+    return torch.cat([semantic, instance_edges(instances)], dim=1)
+
+
+def raw_to_labels(raw: np.ndarray, config: GeneratorConfig) -> np.ndarray:
+    """Raw values of a dataset label PNG -> class indices, as the official dataset loaders map them."""
+    raw = np.asarray(raw)
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(f"raw label values must be integers, got dtype {raw.dtype}")
+    labels = raw.astype(np.int64)
+    if config.contain_dontcare_label:
+        labels[raw == RAW_DONTCARE] = config.label_nc
+    if config.preset == "ade20k":
+        # ADE20K stores classes as 1..150 and "unlabelled" as 0.
+        labels = labels - 1
+        labels[labels == -1] = config.label_nc
+    return labels
+
+
+def labels_to_raw(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
+    """Inverse of `raw_to_labels`: class indices -> the dataset's raw PNG values (uint8)."""
+    labels = np.asarray(labels).astype(np.int64)
+    raw = labels.copy()
+    if config.preset == "ade20k":
+        raw = labels + 1
+        raw[labels == config.label_nc] = 0
+    elif config.contain_dontcare_label:
+        raw[labels == config.label_nc] = RAW_DONTCARE
+    if raw.min(initial=0) < 0 or raw.max(initial=0) > 255:
+        raise ValueError(f"labels {raw.min()}..{raw.max()} do not fit a uint8 label PNG")
+    return raw.astype(np.uint8)
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A PNG as an integer array (uint8, uint16 or int32 for 32-bit instance maps); RGB images are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"{path} is a {image.mode} image; a label or instance map must be a single-channel "
+                                 f"PNG (mode L, P, I or I;16)")
+            return np.array(image)
+    except OSError as error:
+        raise ValueError(f"cannot read {path} as an image: {error}") from error
+
+
+def read_label_png(path: str | Path, config: GeneratorConfig) -> np.ndarray:
+    """A dataset label PNG in the model's preset encoding -> class indices `[H, W]` int64, range-checked."""
+    labels = raw_to_labels(read_png(path), config)
+    try:
+        check_label_range(torch.from_numpy(labels), config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return labels
+
+
+def write_label_png(path: str | Path, labels: np.ndarray, config: GeneratorConfig) -> None:
+    """Class indices `[H, W]` -> a label PNG in the preset's raw encoding (read back by `read_label_png`)."""
+    save_png(Image.fromarray(labels_to_raw(labels, config), mode="L"), path)
+
+
+def write_instance_png(path: str | Path, instances: np.ndarray) -> None:
+    save_png(Image.fromarray(np.asarray(instances).astype(np.int32), mode="I"), path)
+
+
+def palette(count: int) -> np.ndarray:
+    """`[count, 3]` uint8 colours, distinct per index: each index's bits spread over the three channels."""
+    colours = np.zeros((count, 3), dtype=np.uint8)
+    for index in range(count):
+        value, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colours[index] = (red, green, blue)
+    return colours
+
+
+def colorize(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
+    """Class indices `[H, W]` -> an RGB preview `[H, W, 3]` uint8 (don't-care is black)."""
+    colours = palette(config.num_label_channels + 1)[1:]  # skip black for class 0
+    if config.contain_dontcare_label:
+        colours[config.label_nc] = 0
+    return colours[np.asarray(labels)]
