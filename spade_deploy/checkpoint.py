@@ -36,12 +36,12 @@ class CheckpointError(ValueError):
 
 def save_generator(generator: SPADEGenerator, path: str | Path) -> None:
     """Write a self-describing generator checkpoint atomically."""
-    write_checkpoint({"generator": _entry(generator)}, path)
+    write_checkpoint({"generator": checkpoint_entry(generator)}, path)
 
 
 def save_encoder(encoder: ConvEncoder, path: str | Path) -> None:
     """Write a self-describing encoder checkpoint atomically."""
-    write_checkpoint({"encoder": _entry(encoder)}, path)
+    write_checkpoint({"encoder": checkpoint_entry(encoder)}, path)
 
 
 def write_checkpoint(entries: dict[str, Any], path: str | Path) -> None:
@@ -61,7 +61,8 @@ def write_checkpoint(entries: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def _entry(module: SPADEGenerator | ConvEncoder) -> dict[str, Any]:
+def checkpoint_entry(module: SPADEGenerator | ConvEncoder) -> dict[str, Any]:
+    """`{"config", "state_dict"}` of a network: what `load_generator` / `load_encoder` read back."""
     state = {key: value.detach().clone() for key, value in module.state_dict().items()}
     return {"config": module.config.to_dict(), "state_dict": state}
 
