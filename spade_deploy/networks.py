@@ -96,16 +96,21 @@ class SPADEGenerator(nn.Module):
 
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         config = self.config
+        if semantic.dim() != 4 or semantic.shape[1] != config.semantic_nc:
+            raise ValueError(f"semantic must be [N, {config.semantic_nc}, H, W] (spade_deploy.labels."
+                             f"to_semantic_input builds it), got shape {list(semantic.shape)}")
         height, width = semantic.shape[2:]
         scale = 2 ** config.num_upsamplings
         if config.use_vae:
             if z is None:
                 raise ValueError("this generator was trained with a VAE and needs z ([N, z_dim]); draw one with "
                                  "spade_deploy.sampling.sample_z or encode a style image")
+            if z.dim() != 2 or z.shape[1] != config.z_dim:
+                raise ValueError(f"z must be [N, {config.z_dim}] (z_dim={config.z_dim}), got shape {list(z.shape)}")
             if (height, width) != config.image_size:
                 raise ValueError(f"a VAE generator produces {config.image_size[0]}x{config.image_size[1]} images; "
                                  f"got a {height}x{width} label map")
-            x = self.fc(z).view(-1, 16 * config.ngf, config.latent_height, config.latent_width)
+            x = self.fc(z).unflatten(1, (16 * config.ngf, config.latent_height, config.latent_width))
         else:
             if height % scale or width % scale:
                 raise ValueError(f"label map size {height}x{width} must be a multiple of {scale} "
