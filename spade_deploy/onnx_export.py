@@ -117,6 +117,8 @@ def export_encoder_onnx(encoder: ConvEncoder, path: str | Path) -> Path:
 
 def read_export_metadata(path: str | Path) -> tuple[GeneratorConfig, int, int]:
     """(config, height, width) of a generator ONNX written by `export_generator_onnx`."""
+    if not Path(path).is_file():
+        raise ValueError(f"no such ONNX file: {path}")
     model = onnx.load(str(path), load_external_data=False)
     props = {prop.key: prop.value for prop in model.metadata_props}
     if METADATA_CONFIG not in props:
