@@ -63,10 +63,11 @@ def export_onnx(args: argparse.Namespace) -> Exported:
     overrides = {"num_upsampling_layers": args.num_upsampling_layers} if args.num_upsampling_layers else {}
     with step(f"loading {args.checkpoint}"):
         generator = load_generator(args.checkpoint, preset=args.preset, **overrides)
+        config = generator.config
+        if args.encoder and not config.use_vae:
+            raise ValueError(f"--encoder given, but {args.checkpoint} is not a VAE generator: it takes no style "
+                             f"latent")
         encoder = load_encoder(args.encoder) if args.encoder else None
-    config = generator.config
-    if encoder is not None and not config.use_vae:
-        raise ValueError(f"--encoder given, but {args.checkpoint} is not a VAE generator: it takes no style latent")
     print(f"  generator: {config}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     with step("folding and exporting the generator to ONNX"):

@@ -17,7 +17,7 @@ from spade_deploy.synthetic import random_encoder, random_generator, random_styl
 
 TOLERANCE = 1e-4
 
-# Each variant: (id, config). Together they cover VAE and segmap generators, instance edges or not, batch /
+# Each exported_variant: (id, config). Together they cover VAE and segmap generators, instance edges or not, batch /
 # syncbatch / instance norm, normal / more / most, don't-care or not, spectral or not, other SPADE widths/kernels.
 VARIANTS = [
     ("segmap-batch-normal-edges-dontcare",
@@ -38,7 +38,7 @@ VARIANTS = [
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=[name for name, _ in VARIANTS])
-def variant(request, tmp_path_factory):
+def exported_variant(request, tmp_path_factory):
     """A calibrated random generator, its ONNX export and a batch of multi-region inputs."""
     _, config = request.param
     generator = random_generator(config, seed=3)
@@ -51,20 +51,20 @@ def variant(request, tmp_path_factory):
     return generator, path, labels, instances, z, eager
 
 
-def test_inputs_use_every_label_index(variant):
-    generator, _, labels, *_ = variant
+def test_inputs_use_every_label_index(exported_variant):
+    generator, _, labels, *_ = exported_variant
     assert set(np.unique(labels)) == set(range(generator.config.num_label_channels))
 
 
-def test_eager_output_is_spread_not_saturated(variant):
+def test_eager_output_is_spread_not_saturated(exported_variant):
     """A meaningful parity check needs outputs across [-1, 1], not all ±1 or all 0."""
-    eager = variant[-1]
+    eager = exported_variant[-1]
     assert 0.1 < eager.std() < 0.8
     assert (np.abs(eager) > 0.99).mean() < 0.05
 
 
-def test_folded_graph_matches_eager(variant):
-    generator, _, labels, instances, z, eager = variant
+def test_folded_graph_matches_eager(exported_variant):
+    generator, _, labels, instances, z, eager = exported_variant
     folded = fold_generator(generator)
     with torch.no_grad():
         out = folded(torch.from_numpy(labels).to(torch.uint8),
@@ -73,16 +73,16 @@ def test_folded_graph_matches_eager(variant):
     assert np.abs(out - eager).max() <= TOLERANCE
 
 
-def test_onnx_runtime_matches_eager(variant):
-    _, path, labels, instances, z, eager = variant
+def test_onnx_runtime_matches_eager(exported_variant):
+    _, path, labels, instances, z, eager = exported_variant
     image, image_float = OnnxGenerator(path)(labels, instances, z)
     assert np.abs(image_float - eager).max() <= TOLERANCE
     expected_image = np.clip(np.round((image_float + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(image, expected_image)
 
 
-def test_onnx_io_follows_the_contract(variant):
-    generator, path, *_ = variant
+def test_onnx_io_follows_the_contract(exported_variant):
+    generator, path, *_ = exported_variant
     config = generator.config
     height, width = config.image_size
     contract = io_spec.generator_io(config, height, width)
@@ -96,8 +96,8 @@ def test_onnx_io_follows_the_contract(variant):
     assert read_export_metadata(path) == (config, height, width)
 
 
-def test_onnx_graph_has_no_one_hot_and_no_spectral_norm(variant):
-    generator, path, *_ = variant
+def test_onnx_graph_has_no_one_hot_and_no_spectral_norm(exported_variant):
+    generator, path, *_ = exported_variant
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert "OneHot" not in {node.op_type for node in model.graph.node}
@@ -111,8 +111,8 @@ def test_onnx_graph_has_no_one_hot_and_no_spectral_norm(variant):
         assert not {"BatchNormalization", "InstanceNormalization"} & {node.op_type for node in model.graph.node}
 
 
-def test_dynamic_batch(variant):
-    generator, path, labels, instances, z, eager = variant
+def test_dynamic_batch(exported_variant):
+    generator, path, labels, instances, z, eager = exported_variant
     runtime = OnnxGenerator(path)
     _, single = runtime(labels[:1], None if instances is None else instances[:1], None if z is None else z[:1])
     assert single.shape[0] == 1
