@@ -17,7 +17,7 @@ from export.parity import TOLERANCE, ParityError, check, encoder_parity, format_
 from spade_deploy.checkpoint import load_encoder, load_generator
 from spade_deploy.config import NUM_UPSAMPLINGS, PRESETS
 from spade_deploy.networks import ConvEncoder, SPADEGenerator
-from spade_deploy.onnx_export import export_encoder_onnx, export_generator_onnx
+from spade_deploy.onnx_export import GRAPHS, export_encoder_onnx, export_generator_onnx
 
 GENERATOR_FILE = "generator.onnx"
 ENCODER_FILE = "encoder.onnx"
@@ -40,7 +40,7 @@ def step(title: str) -> Iterator[None]:
     print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse") -> None:
     """Arguments shared by `export.onnx` and `export.trt`."""
     parser.add_argument("checkpoint", type=Path, help="generator checkpoint: ours, a training run's, or an "
                                                         "official *_net_G.pth")
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="export height (default: the config's)")
     parser.add_argument("--width", type=int, help="export width (default: the config's)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--graph", choices=GRAPHS[:2], default=default_graph,
+                        help="sparse: boundary-sparse SPADE modulation (fewest operations, NonZero/Gather ops); "
+                             f"dense: folded only (default here: {default_graph})")
     parser.add_argument("--parity-samples", type=int, default=2, help="random label-map batches in the parity check")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |Δ| allowed by the parity check")
 
@@ -70,12 +73,12 @@ def export_onnx(args: argparse.Namespace) -> Exported:
         encoder = load_encoder(args.encoder) if args.encoder else None
     print(f"  generator: {config}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    with step("folding and exporting the generator to ONNX"):
+    with step(f"folding and exporting the generator to ONNX ({args.graph} graph)"):
         generator_onnx = export_generator_onnx(generator, args.out / GENERATOR_FILE, height=args.height,
-                                               width=args.width)
+                                               width=args.width, graph=args.graph)
     results = []
     with step("parity: eager vs folded vs ONNX Runtime (generator)"):
-        results += generator_parity(generator, generator_onnx, samples=args.parity_samples)
+        results += generator_parity(generator, generator_onnx, graph=args.graph, samples=args.parity_samples)
     encoder_onnx = None
     if encoder is not None:
         with step("exporting the encoder to ONNX"):

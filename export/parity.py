@@ -1,4 +1,4 @@
-"""Parity of every export: eager PyTorch (unfolded) vs the folded PyTorch graph vs ONNX Runtime.
+"""Parity of every export: eager PyTorch (unfolded) vs the exported graph run in PyTorch vs ONNX Runtime.
 
 Run on synthetic label maps with irregular regions using every label index (don't-care included), instance maps
 when the model has them, random latents for VAE generators and random style images for the encoder.
@@ -29,7 +29,7 @@ class ParityError(RuntimeError):
 @dataclass(frozen=True)
 class Comparison:
     output: str  # image_float, mu, logvar
-    candidate: str  # "folded PyTorch" or "ONNX Runtime"
+    candidate: str  # "graph in PyTorch" or "ONNX Runtime"
     max_abs: float
     rel_l2: float
 
@@ -45,12 +45,13 @@ def compare(output: str, candidate: str, reference: np.ndarray, value: np.ndarra
 
 
 @torch.no_grad()
-def generator_parity(generator: SPADEGenerator, onnx_path: str | Path, *, batch: int = 2, samples: int = 2,
-                     seed: int = 0) -> list[Comparison]:
-    """Worst case over `samples` batches of: folded PyTorch and ONNX Runtime vs the eager generator."""
+def generator_parity(generator: SPADEGenerator, onnx_path: str | Path, *, graph: str, batch: int = 2,
+                     samples: int = 2, seed: int = 0) -> list[Comparison]:
+    """Worst case over `samples` batches of: the exported `graph` in PyTorch and in ONNX Runtime vs the eager
+    generator."""
     runtime = OnnxGenerator(onnx_path)
     config, height, width = runtime.config, runtime.height, runtime.width
-    folded = generator_graph(generator, folded=True)
+    folded = generator_graph(generator, graph=graph, height=height, width=width)
     worst: dict[str, Comparison] = {}
     for index in tqdm(range(samples), desc="parity: generator", unit="batch", leave=False):
         labels, instances = synthetic_batch(config, batch, height=height, width=width,
@@ -61,7 +62,7 @@ def generator_parity(generator: SPADEGenerator, onnx_path: str | Path, *, batch:
         inputs = runtime.feeds(labels, instances, None if z is None else z.numpy())
         _, folded_float = folded(*(torch.from_numpy(value) for value in inputs.values()))
         _, onnx_float = runtime(labels, instances, None if z is None else z.numpy())
-        for result in (compare("image_float", "folded PyTorch", eager, folded_float.numpy()),
+        for result in (compare("image_float", "graph in PyTorch", eager, folded_float.numpy()),
                        compare("image_float", "ONNX Runtime", eager, onnx_float)):
             _keep_worst(worst, result)
     return list(worst.values())
@@ -79,7 +80,7 @@ def encoder_parity(encoder: ConvEncoder, onnx_path: str | Path, *, batch: int = 
         folded_out = [value.numpy() for value in folded(torch.from_numpy(style))]
         onnx_out = runtime(style)
         for name, reference, fold_value, onnx_value in zip(("mu", "logvar"), eager, folded_out, onnx_out):
-            _keep_worst(worst, compare(name, "folded PyTorch", reference, fold_value))
+            _keep_worst(worst, compare(name, "graph in PyTorch", reference, fold_value))
             _keep_worst(worst, compare(name, "ONNX Runtime", reference, onnx_value))
     return list(worst.values())
 

@@ -131,7 +131,13 @@ class FoldedResBlock(nn.Module):
         if self.learned_shortcut:
             self.mod_s, self.conv_s = Modulation(block.norm_s), _plain_conv(block.conv_s)
 
-    def forward(self, x: torch.Tensor, padded: torch.Tensor, edge: torch.Tensor | None) -> torch.Tensor:
+    def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-resolution input of this block type (computed once, shared by the blocks at that resolution)."""
+        pad = self.shared.kernel // 2
+        return F.pad(labels, (pad, pad, pad, pad), value=self.shared.sentinel), edge
+
+    def forward(self, x: torch.Tensor, level: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        padded, edge = level
         actv = F.relu(self.shared(padded, edge)).split(self.hidden, dim=1)
         x_s = self.conv_s(self.mod_s(x, actv[2])) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.mod_0(x, actv[0]), LEAKY_SLOPE))
@@ -141,7 +147,11 @@ class FoldedResBlock(nn.Module):
 
 class FoldedGenerator(nn.Module):
     """label indices `[N, H, W]` (+ instance ids) (+ z) -> image `[N, 3, H, W]` in [-1, 1]; same function as the
-    eager generator on `to_semantic_input(labels, instances)`, with none of the one-hot work."""
+    eager generator on `to_semantic_input(labels, instances)`, with none of the one-hot work.
+
+    `blocks[i]` runs on the label map subsampled by `factors[i]`; a block may be swapped for another type with the
+    same `prepare` / `forward` interface (the boundary-sparse block of `spade_deploy.sparse`).
+    """
 
     def __init__(self, generator: SPADEGenerator) -> None:
         super().__init__()
@@ -152,14 +162,17 @@ class FoldedGenerator(nn.Module):
             self.fc.load_state_dict(generator.fc.state_dict())
         else:
             self.fc = _label_conv([generator.fc], config)
-        names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
-        # Upsampling before each block; log2 of the block's resolution relative to the output.
-        ups = [False, True, config.num_upsampling_layers in ("more", "most"), True, True, True, True]
+        self.block_names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
+        # Upsampling before each block; the label map of a block is the input subsampled by its factor.
+        self.ups = [False, True, config.num_upsampling_layers in ("more", "most"), True, True, True, True]
         if config.num_upsampling_layers == "most":
-            names.append("up_4")
-            ups.append(True)
-        self.ups = ups
-        self.blocks = nn.ModuleList(FoldedResBlock(getattr(generator, name), config) for name in names)
+            self.block_names.append("up_4")
+            self.ups.append(True)
+        factor, self.factors = 2 ** config.num_upsamplings, []
+        for up in self.ups:
+            factor //= 2 if up else 1
+            self.factors.append(factor)
+        self.blocks = nn.ModuleList(FoldedResBlock(getattr(generator, name), config) for name in self.block_names)
         self.conv_img = _plain_conv(generator.conv_img)
 
     def forward(self, label: torch.Tensor, instance: torch.Tensor | None = None,
@@ -167,29 +180,24 @@ class FoldedGenerator(nn.Module):
         config = self.config
         labels = label.long()  # [N, H, W]
         edge = instance_edge_map(instance) if config.use_instance else None  # [N, 1, H, W]
-        pad = config.spade_kernel // 2
-        # Nearest downsizing by a power of two picks every f-th pixel: the integer map is resized, not the one-hot.
-        factor = 2 ** config.num_upsamplings
-        levels: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-        def level(f: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            if f not in levels:
-                small = labels[:, ::f, ::f]
-                padded = F.pad(small, (pad, pad, pad, pad), value=config.num_label_channels)
-                levels[f] = (padded, None if edge is None else edge[:, :, ::f, ::f])
-            return levels[f]
+        def subsample(factor: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            # Nearest downsizing by a power of two picks every f-th pixel: resize the integer map, not a one-hot.
+            return labels[:, ::factor, ::factor], None if edge is None else edge[:, :, ::factor, ::factor]
 
         if config.use_vae:
             x = self.fc(z).unflatten(1, (16 * config.ngf, config.latent_height, config.latent_width))
         else:
-            small = labels[:, ::factor, ::factor]
-            padded = F.pad(small, (1, 1, 1, 1), value=config.num_label_channels)  # fc is always 3x3
-            x = self.fc(padded, None if edge is None else edge[:, :, ::factor, ::factor])
-        for block, up in zip(self.blocks, self.ups):
+            small, small_edge = subsample(2 ** config.num_upsamplings)
+            x = self.fc(F.pad(small, (1, 1, 1, 1), value=config.num_label_channels), small_edge)  # fc is 3x3
+        levels: dict[tuple[type, int], object] = {}
+        for block, up, factor in zip(self.blocks, self.ups, self.factors):
             if up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
-                factor //= 2
-            x = block(x, *level(factor))
+            key = (type(block), factor)
+            if key not in levels:
+                levels[key] = block.prepare(*subsample(factor))
+            x = block(x, levels[key])
         return torch.tanh(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE)))
 
 

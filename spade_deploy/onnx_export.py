@@ -22,6 +22,7 @@ from spade_deploy.config import GeneratorConfig
 from spade_deploy.fold import fold_encoder, fold_generator, instance_edge_map
 from spade_deploy.labels import check_label_size
 from spade_deploy.networks import ConvEncoder, SPADEGenerator
+from spade_deploy.sparse import sparse_generator
 
 OPSET = 18
 METADATA_CONFIG = "spade_deploy.generator_config"
@@ -77,9 +78,21 @@ class DeployEncoder(nn.Module):
         return self.core(image)
 
 
-def generator_graph(generator: SPADEGenerator, *, folded: bool = True) -> DeployGenerator:
-    """The deployment module of a generator: our folded graph, or (`folded=False`) the plain one for baselines."""
-    core = fold_generator(generator) if folded else PlainGenerator(generator).eval()
+GRAPHS = ("sparse", "dense", "plain")
+
+
+def generator_graph(generator: SPADEGenerator, *, graph: str = "sparse", height: int | None = None,
+                    width: int | None = None) -> DeployGenerator:
+    """The deployment module of a generator: `sparse` (folded, boundary-sparse modulation at the resolutions where
+    it pays, for an export of height x width), `dense` (folded only), or `plain` (unmodified; baselines only)."""
+    if graph == "sparse":
+        core = sparse_generator(generator, height, width)
+    elif graph == "dense":
+        core = fold_generator(generator)
+    elif graph == "plain":
+        core = PlainGenerator(generator).eval()
+    else:
+        raise ValueError(f"graph must be one of {list(GRAPHS)}, got {graph!r}")
     return DeployGenerator(core, generator.config).eval()
 
 
@@ -94,17 +107,18 @@ def example_inputs(config: GeneratorConfig, height: int, width: int, batch: int 
 
 
 def export_generator_onnx(generator: SPADEGenerator, path: str | Path, *, height: int | None = None,
-                          width: int | None = None, folded: bool = True) -> Path:
-    """Write the generator's deployment graph to `path` (dynamic batch, fixed H x W; default: the config's size)."""
+                          width: int | None = None, graph: str = "sparse") -> Path:
+    """Write the generator's deployment graph (see `generator_graph`) to `path`: dynamic batch, fixed H x W
+    (default: the config's size)."""
     config = generator.config
     default_height, default_width = config.image_size
     height, width = height or default_height, width or default_width
     check_label_size(height, width, config)
     model_io = io_spec.generator_io(config, height, width)
-    module = generator_graph(generator, folded=folded)
+    module = generator_graph(generator, graph=graph, height=height, width=width)
     inputs = example_inputs(config, height, width)
     metadata = {METADATA_CONFIG: json.dumps(config.to_dict()), METADATA_SIZE: json.dumps([height, width]),
-                METADATA_GRAPH: "folded" if folded else "plain"}
+                METADATA_GRAPH: graph}
     return _export(module, inputs, model_io, Path(path), metadata)
 
 

@@ -68,7 +68,7 @@ def test_parity_table_is_printed(official_run, capsys):
                                "--parity-samples", "1"])
     table = capsys.readouterr().out
     assert status == 0
-    assert "image_float  folded PyTorch" in table and "image_float  ONNX Runtime" in table
+    assert "image_float  graph in PyTorch" in table and "image_float  ONNX Runtime" in table
     assert "NO" not in table
 
 
