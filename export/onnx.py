@@ -18,6 +18,7 @@ from spade_deploy.checkpoint import load_encoder, load_generator
 from spade_deploy.config import NUM_UPSAMPLINGS, PRESETS
 from spade_deploy.networks import ConvEncoder, SPADEGenerator
 from spade_deploy.onnx_export import GRAPHS, export_encoder_onnx, export_generator_onnx
+from spade_deploy.triton_repo import VARIANTS, write_repository
 
 GENERATOR_FILE = "generator.onnx"
 ENCODER_FILE = "encoder.onnx"
@@ -40,7 +41,7 @@ def step(title: str) -> Iterator[None]:
     print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse") -> None:
+def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse", default_variant: str = "cpu") -> None:
     """Arguments shared by `export.onnx` and `export.trt`."""
     parser.add_argument("checkpoint", type=Path, help="generator checkpoint: ours, a training run's, or an "
                                                         "official *_net_G.pth")
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse"
     parser.add_argument("--graph", choices=GRAPHS[:2], default=default_graph,
                         help="sparse: boundary-sparse SPADE modulation (fewest operations, NonZero/Gather ops); "
                              f"dense: folded only (default here: {default_graph})")
+    parser.add_argument("--repository", type=Path,
+                        help="also write a Triton model repository here (serve it with `spade-deploy serve`)")
+    parser.add_argument("--variant", choices=VARIANTS, default=default_variant,
+                        help=f"Triton repository variant: cpu = python backend + ONNX Runtime (runs anywhere); "
+                             f"gpu = NVIDIA's Triton container (default here: {default_variant})")
     parser.add_argument("--parity-samples", type=int, default=2, help="random label-map batches in the parity check")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |Δ| allowed by the parity check")
 
@@ -90,6 +96,10 @@ def export_onnx(args: argparse.Namespace) -> Exported:
     for path in (generator_onnx, encoder_onnx):
         if path is not None:
             print(f"wrote {path}")
+    if args.repository:
+        with step(f"writing the Triton model repository ({args.variant})"):
+            write_repository(args.repository, generator_onnx, encoder_onnx, variant=args.variant)
+        print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")
     return Exported(generator, generator_onnx, encoder, encoder_onnx)
 
 

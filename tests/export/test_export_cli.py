@@ -10,10 +10,14 @@ import onnx
 import pytest
 import torch
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from export import onnx as export_onnx
 from export import trt as export_trt
 from export.tensorrt_engine import EngineOptions, build_engine, fp32_node_names, unavailable_reason
-from spade_deploy.checkpoint import save_encoder, save_generator
+from spade_deploy import io_spec
+from spade_deploy.checkpoint import save_generator
 from spade_deploy.config import EncoderConfig, GeneratorConfig
 from spade_deploy.images import rgb_to_tensor
 from spade_deploy.labels import to_semantic_input
@@ -41,7 +45,7 @@ def official_run(tmp_path_factory):
     save_official(e_state, directory, "latest_net_E.pth")
     out = directory / "export"
     status = export_onnx.main([str(directory / "latest_net_G.pth"), "--encoder", str(directory / "latest_net_E.pth"),
-                               "--out", str(out)])
+                               "--out", str(out), "--repository", str(directory / "repository")])
     assert status == 0
     return g_state, e_state, options, out
 
@@ -59,6 +63,15 @@ def test_official_export_matches_the_official_forward(official_run):
     assert np.abs(logvar - ref_logvar.numpy()).max() <= TOLERANCE
     _, image_float = OnnxGenerator(out / "generator.onnx")(labels, instances, mu)
     assert np.abs(image_float - reference).max() <= TOLERANCE
+
+
+def test_export_writes_the_triton_repository(official_run):
+    """`--repository` writes one model per contract name, each config valid in Triton's own schema."""
+    repository = official_run[3].parent / "repository"
+    for name in (io_spec.GENERATOR_MODEL, io_spec.ENCODER_MODEL, io_spec.PIPELINE_MODEL):
+        config = text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.name == name
+        assert (repository / name / "1").is_dir()
 
 
 def test_parity_table_is_printed(official_run, capsys):
