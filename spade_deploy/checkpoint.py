@@ -55,14 +55,24 @@ def write_checkpoint(entries: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
+        _readable_by_all(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def checkpoint_entry(module: SPADEGenerator | ConvEncoder) -> dict[str, Any]:
-    """`{"config", "state_dict"}` of a network: what `load_generator` / `load_encoder` read back."""
+def _readable_by_all(path: str) -> None:
+    """mkstemp files are owner-only; give them the permissions a plain `open` would (a server may run as another
+    user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def checkpoint_entry(module: nn.Module) -> dict[str, Any]:
+    """`{"config", "state_dict"}` of a network with a `config` (`to_dict()`): what `load_generator` /
+    `load_encoder` read back (training also stores its discriminator this way)."""
     state = {key: value.detach().clone() for key, value in module.state_dict().items()}
     return {"config": module.config.to_dict(), "state_dict": state}
 
@@ -113,7 +123,7 @@ def load_encoder(path: str | Path, *, preset: str | None = None, **overrides: An
         state = entry["state_dict"]
     else:
         state = _official_state(payload, "encoder", path)
-        config = infer_encoder_config(state, opt=read_opt_txt(path.parent), **overrides)
+        config = infer_encoder_config(state, **overrides)
     encoder = ConvEncoder(config)
     load_state(encoder, state, path)
     return encoder.eval()
@@ -129,7 +139,7 @@ def _our_entry(payload: dict[str, Any], kind: str, path: Path) -> dict[str, Any]
     if kind not in payload:
         present = [key for key in ("generator", "encoder") if key in payload]
         hint = f"; it holds {present}" if present else ""
-        raise CheckpointError(f"{path} is a spade-deploy checkpoint without a {kind}{hint}")
+        raise CheckpointError(f"{path} is a spade-deploy checkpoint that holds no {kind}{hint}")
     return payload[kind]
 
 
@@ -222,6 +232,10 @@ def infer_generator_config(state: StateDict, *, preset: str | None = None, opt: 
     given.update(_generator_fields_from_opt(opt or {}))
     given.update(overrides)
 
+    # These tensors decide the config; without them there is nothing to build, so say which are absent.
+    absent = [key for key in ("fc.weight", "head_0.norm_0.mlp_shared.0.weight") if key not in state]
+    if absent:
+        raise CheckpointError(f"the generator state dict lacks {absent}, which determine its configuration")
     conv0 = state.get("head_0.conv_0.weight_orig", state.get("head_0.conv_0.weight"))
     shared = state["head_0.norm_0.mlp_shared.0.weight"]  # [hidden, semantic_nc, k, k]
     fc = state["fc.weight"]
@@ -310,19 +324,14 @@ def _vae_grid(cells: int, given: dict[str, Any], fields: dict[str, Any]) -> dict
     return {"crop_size": crop, "aspect_ratio": aspect, "num_upsampling_layers": mode}
 
 
-def infer_encoder_config(state: StateDict, *, opt: dict[str, str] | None = None, **overrides: Any) -> EncoderConfig:
+def infer_encoder_config(state: StateDict, **overrides: Any) -> EncoderConfig:
     """The config of an official encoder state dict (width and depth from the tensors)."""
     spectral = "layer1.0.weight_orig" in state
     first = state["layer1.0.weight_orig" if spectral else "layer1.0.weight"]
     inferred = dict(ngf=first.shape[0], num_layers=6 if any(k.startswith("layer6.") for k in state) else 5,
                     spectral=spectral)
-    opt = opt or {}
-    given: dict[str, Any] = {}
-    if "ngf" in opt:
-        given["ngf"] = int(opt["ngf"])
-    if "crop_size" in opt:
-        given["num_layers"] = 6 if int(opt["crop_size"]) >= 256 else 5
-    given.update(overrides)
+    # The tensors fix every field; opt.txt adds nothing (its crop_size rule for layer6 is what the weights show).
+    given: dict[str, Any] = dict(overrides)
     for name, value in inferred.items():
         if name in given and given[name] != value:
             raise CheckpointError(f"encoder {name}={given[name]!r} contradicts the weights, which give {value!r}")

@@ -25,11 +25,9 @@ def as_rgb_batch(images: np.ndarray | torch.Tensor, name: str = "style") -> np.n
     array = np.asarray(images)
     if array.dtype != np.uint8:
         raise ValueError(f"{name} must be a uint8 RGB image, got dtype {array.dtype}")
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3:
+    if array.ndim not in (3, 4) or array.shape[-1] != 3:
         raise ValueError(f"{name} must be [H, W, 3] or [N, H, W, 3] RGB, got shape {list(array.shape)}")
-    return array
+    return array[None] if array.ndim == 3 else array
 
 
 def rgb_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,18 @@ RAW_DONTCARE = 255  # raw PNG value the official datasets map to the don't-care 
 
 def check_label_size(height: int, width: int, config: GeneratorConfig) -> None:
     """Raise `ValueError` unless the generator can produce an image of this size."""
+    scale = 2 ** config.num_upsamplings
     if config.use_vae:
         if (height, width) != config.image_size:
             raise ValueError(f"label map is {height}x{width}, but this VAE generator's latent grid fixes its output "
                              f"at {config.image_size[0]}x{config.image_size[1]}")
-        return
-    scale = 2 ** config.num_upsamplings
-    if height % scale or width % scale or height < scale or width < scale:
+    elif height % scale or width % scale or height < scale or width < scale:
         raise ValueError(f"label map is {height}x{width}; both sides must be positive multiples of {scale} "
                          f"(2**{config.num_upsamplings} for num_upsampling_layers={config.num_upsampling_layers!r})")
+    if config.norm == "instance" and height * width == scale * scale:
+        # Instance norm of a 1x1 latent grid is undefined (torch refuses it; so does the official code).
+        raise ValueError(f"label map is {height}x{width}, a 1x1 latent grid, which instance norm cannot normalise; "
+                         f"this instance-norm generator needs at least {2 * scale} pixels along one side")
 
 
 def as_label_batch(labels: ArrayLike, name: str = "labels") -> torch.Tensor:
@@ -66,16 +69,17 @@ def instance_edges(instances: torch.Tensor) -> torch.Tensor:
     return edge.unsqueeze(1).float()
 
 
-def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: GeneratorConfig) -> torch.Tensor:
-    """Label indices `[N, H, W]` (and instance ids) -> the generator input `[N, semantic_nc, H, W]` float32."""
+def check_semantic_input(labels: ArrayLike, instances: ArrayLike | None,
+                         config: GeneratorConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Everything `to_semantic_input` checks, without building the input (to validate many maps before a long run):
+    int64 `[N, H, W]` labels and instances (None for models without instance edges), or a `ValueError`."""
     labels = as_label_batch(labels)
     check_label_range(labels, config)
     check_label_size(labels.shape[1], labels.shape[2], config)
-    semantic = F.one_hot(labels, config.num_label_channels).permute(0, 3, 1, 2).float()
     if not config.use_instance:
         if instances is not None:
             raise ValueError("this model takes no instance map (use_instance=False); pass instances=None")
-        return semantic
+        return labels, None
     if instances is None:
         raise ValueError("this model uses instance edges (use_instance=True); pass an instance-id map of the "
                          "label map's size")
@@ -83,6 +87,15 @@ def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: Ge
     if instances.shape != labels.shape:
         raise ValueError(f"instances have shape {list(instances.shape)} but labels have {list(labels.shape)}; "
                          f"they must match")
+    return labels, instances
+
+
+def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: GeneratorConfig) -> torch.Tensor:
+    """Label indices `[N, H, W]` (and instance ids) -> the generator input `[N, semantic_nc, H, W]` float32."""
+    labels, instances = check_semantic_input(labels, instances, config)
+    semantic = F.one_hot(labels, config.num_label_channels).permute(0, 3, 1, 2).float()
+    if instances is None:
+        return semantic
     return torch.cat([semantic, instance_edges(instances)], dim=1)
 
 
@@ -146,7 +159,11 @@ def write_label_png(path: str | Path, labels: np.ndarray, config: GeneratorConfi
 
 
 def write_instance_png(path: str | Path, instances: np.ndarray) -> None:
-    save_png(Image.fromarray(np.asarray(instances).astype(np.int32), mode="I"), path)
+    """Instance ids `[H, W]` -> a 16-bit PNG, as Cityscapes stores them (PNG has no 32-bit grey, Pillow no mode I)."""
+    instances = np.asarray(instances)
+    if instances.min(initial=0) < 0 or instances.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"instance ids {instances.min()}..{instances.max()} do not fit a 16-bit PNG (0..65535)")
+    save_png(Image.fromarray(instances.astype(np.uint16)), path)
 
 
 def palette(count: int) -> np.ndarray:

@@ -16,6 +16,8 @@ and TensorRT. Blocks at resolutions where most pixels are boundary keep the dens
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,10 +90,7 @@ class SparseModulation(nn.Module):
         self.eps = getattr(dense, "eps", 1e-5)
         weight = dense.affine.weight.detach().double()  # [2C, hidden, k, k]
         bias = dense.affine.bias.detach().double()
-        out_channels, hidden, kernel, _ = weight.shape
-        if kernel != 3:
-            raise ValueError(f"the sparse graph supports 3x3 SPADE kernels, got {kernel}x{kernel}; export with "
-                             f"--graph dense")
+        out_channels, hidden = weight.shape[:2]  # 3x3 kernels: sparse_generator keeps other sizes dense
         self.channels = out_channels // 2
         taps = weight.permute(1, 2, 3, 0).reshape(hidden, 9, out_channels)  # [hidden, t, 2C]: W_t
         class_taps = torch.einsum("kh,htc->ktc", class_actv, taps)  # [labels, 9, 2C]
@@ -122,9 +121,6 @@ class SparseResBlock(nn.Module):
         num_labels = config.num_label_channels
         self.hidden = config.spade_hidden
         shared = dense.shared  # LabelConv of the fused mlp_shared convs: tables [9, labels + 1, 3 * hidden]
-        if shared.kernel != 3:
-            raise ValueError(f"the sparse graph supports 3x3 SPADE kernels, got {shared.kernel}x{shared.kernel}; "
-                             f"export with --graph dense")
         self.register_buffer("label_taps", shared.tables.reshape(9 * (num_labels + 1), -1))
         self.register_buffer("shared_bias", shared.bias.flatten())
         self.register_buffer("edge_weight", None if shared.edge_weight is None
@@ -162,6 +158,10 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
     (default: the config's) is at least `dense_below` on its shorter side."""
     graph = FoldedGenerator(generator)
+    if generator.config.spade_kernel != 3:
+        warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
+                      f"{generator.config.spade_kernel}, so every block stays dense", stacklevel=2)
+        return graph.eval()
     default_height, default_width = generator.config.image_size
     height, width = height or default_height, width or default_width
     for index, (name, factor) in enumerate(zip(graph.block_names, graph.factors)):

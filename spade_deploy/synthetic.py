@@ -73,14 +73,19 @@ def random_generator(config: GeneratorConfig, *, seed: int = 0, calibration_batc
     init_weights(generator)
     for module in generator.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-            module.bias.normal_(0.0, 0.05)  # zero biases would hide bias-folding mistakes
+            # Zero biases would hide bias-folding mistakes; biases on the scale of the weights' contribution keep
+            # batch-norm inputs from being a near-constant offset (which no trained model has).
+            weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+            fan_in = weight[0].numel()
+            module.bias.normal_(0.0, 0.5 * float(weight.std()) * fan_in ** 0.5)
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average: running stats = the calibration data's statistics
     generator.train()
     for index in range(calibration_batches):
-        labels, instances = synthetic_batch(config, 2, seed=seed * 100 + index)
+        # Enough maps that no channel is constant over the calibration set, even on a 1x1 latent grid.
+        labels, instances = synthetic_batch(config, 4, seed=seed * 100 + index)
         generator(to_semantic_input(labels, instances, config),
-                  torch.randn(2, config.z_dim) if config.use_vae else None)
+                  torch.randn(4, config.z_dim) if config.use_vae else None)
     for module in generator.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
@@ -89,7 +94,9 @@ def random_generator(config: GeneratorConfig, *, seed: int = 0, calibration_batc
     pre_tanh = torch.atanh(generator(to_semantic_input(labels, instances, config),
                                      torch.randn(2, config.z_dim) if config.use_vae else None)
                            .clamp(-0.999999, 0.999999))
-    generator.conv_img.weight.mul_(output_std / max(float(pre_tanh.std()), 1e-6))
+    # Scale what the weights contribute; the bias is a per-channel constant that would otherwise dominate the std.
+    signal = pre_tanh - generator.conv_img.bias.view(1, -1, 1, 1)
+    generator.conv_img.weight.mul_(output_std / max(float(signal.std()), 1e-6))
     return generator
 
 

@@ -81,7 +81,8 @@ def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
     assert np.abs(image_float - eager).max() <= TOLERANCE
 
 
-def test_sparse_needs_3x3_spade_kernels():
+def test_other_spade_kernels_stay_dense():
     generator = random_generator(GeneratorConfig(label_nc=3, ngf=8, spade_kernel=5, crop_size=64))
-    with pytest.raises(ValueError, match="3x3 SPADE kernels.*--graph dense"):
-        sparse_generator(generator, dense_below=1)
+    with pytest.warns(UserWarning, match="needs 3x3 SPADE kernels.*every block stays dense"):
+        graph = sparse_generator(generator, dense_below=1)
+    assert not any(isinstance(block, SparseResBlock) for block in graph.blocks)
