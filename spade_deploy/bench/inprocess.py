@@ -1,0 +1,261 @@
+"""In-process benchmark: every runtime of `runtimes.RUNTIMES` on the same synthetic label maps, in one run.
+
+All runtimes are built first; then, per batch, they take turns call by call (a warm-up round, then `repeats` timed
+rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
+alike. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak memory, max |Δ|
+of `image_float` against the eager model on the same inputs (every call, warm-up included), and speed-ups against
+eager and against the best plain runtime *of the same run* (noise between runs here is ±10–15 %, so only same-run
+ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95
+and p99 sit close to the slowest call.
+
+Peak memory: what building the runtime added to the resident set (weights, graph, compiled kernels), plus the most
+one of its calls at this batch added at its peak above the resident set before the call (activations, arena growth);
+i.e. what the runtime holds at its peak. Exporting ONNX files happens before, outside every measurement.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from export.onnx import step
+from spade_deploy import io_spec
+from spade_deploy.bench.machine import (describe_machine, load_average, peak_resident_mb, reset_peak_resident,
+                                        resident_mb)
+from spade_deploy.bench.runtimes import GRAPHS, RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
+from spade_deploy.config import GeneratorConfig
+from spade_deploy.labels import check_label_size
+from spade_deploy.sampling import sample_z
+from spade_deploy.synthetic import random_generator, synthetic_batch
+
+FORMAT_VERSION = 1
+BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
+NUM_REGIONS = 16  # regions per synthetic label map
+
+
+@dataclass(frozen=True)
+class Options:
+    batches: tuple[int, ...] = (1, 4)
+    repeats: int = 5  # timed calls per runtime and batch
+    warmup: int = 1  # untimed calls before them
+    threads: int = 2  # intra-op threads of every runtime (torch.set_num_threads for PyTorch)
+    seed: int = 0  # weights, label maps and latents
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(not isinstance(batch, int) or batch < 1 for batch in self.batches):
+            raise ValueError(f"batches must be positive integers, got {self.batches!r}")
+        if self.repeats < 1 or self.warmup < 0 or self.threads < 1:
+            raise ValueError(f"need repeats >= 1, warmup >= 0 and threads >= 1; got repeats={self.repeats}, "
+                             f"warmup={self.warmup}, threads={self.threads}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    latencies_ms: tuple[float, ...]  # the timed calls, in order
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+
+@dataclass
+class Row:
+    runtime: str
+    batch: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    images_per_s: float
+    max_abs_diff: float  # image_float vs eager PyTorch on the same inputs
+    peak_mem_mb: float | None
+    boundary_share: float  # of the batch's label maps (see `boundary_share`)
+    preset: str
+    ngf: int
+    size: str  # HxW
+    repeats: int
+    build_s: float  # building the runtime (session creation, compilation), once per runtime
+    speedup_vs_eager: float | None = None
+    speedup_vs_best_plain: float | None = None
+    best_plain: str | None = None  # which plain runtime was fastest at this batch
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Built:
+    runtime: Runtime
+    run: Runner
+    build_s: float
+    resident_mb: float | None  # what building it added to the resident set
+
+
+@dataclass
+class _Calls:
+    """One runtime's calls at one batch."""
+    latencies_ms: list[float] = field(default_factory=list)  # timed calls only
+    max_abs_diff: float = 0.0
+    added_mb: float | None = 0.0  # the most any call added to the resident set at its peak
+
+
+def timed_call(call: Callable[[], Any]) -> tuple[Any, float, float | None]:
+    """(result, latency in ms, MiB the call added to the resident set at its peak; None where not measurable)."""
+    tracked = reset_peak_resident()
+    before = resident_mb()
+    start = time.perf_counter()
+    result = call()
+    latency_ms = (time.perf_counter() - start) * 1e3
+    peak = peak_resident_mb() if tracked else None
+    return result, latency_ms, None if peak is None or before is None else max(peak - before, 0.0)
+
+
+def measure(call: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
+    """Latencies of `repeats` back-to-back calls after `warmup` untimed ones (one runtime alone)."""
+    for _ in range(warmup):
+        call()
+    return Timing(tuple(timed_call(call)[1] for _ in range(repeats)))
+
+
+def boundary_share(labels: np.ndarray, radius: int = BOUNDARY_RADIUS) -> float:
+    """Share of pixels of `[N, H, W]` label maps whose (2·radius+1)² neighbourhood holds more than one label or
+    reaches past the image border: where SPADE's gamma/beta are not a per-class constant."""
+    maps = torch.from_numpy(np.asarray(labels, dtype=np.float32))[:, None]  # [N, 1, H, W]
+    size = 2 * radius + 1
+    highest = F.max_pool2d(maps, size, stride=1, padding=radius)  # padding is -inf: only in-image labels count
+    lowest = -F.max_pool2d(-maps, size, stride=1, padding=radius)
+    boundary = highest != lowest
+    boundary[..., :radius, :] = True
+    boundary[..., -radius:, :] = True
+    boundary[..., :radius] = True
+    boundary[..., -radius:] = True
+    return float(boundary.float().mean())
+
+
+def graph_feeds(config: GeneratorConfig, batch: int, height: int, width: int, *, seed: int) -> Feeds:
+    """Synthetic label maps (irregular regions, every label index) (+ instances) (+ a seeded z) in wire dtypes."""
+    model_io = io_spec.generator_io(config, height, width)
+    labels, instances = synthetic_batch(config, batch, height=height, width=width, num_regions=NUM_REGIONS,
+                                        seed=seed)
+    feeds = {io_spec.LABEL: labels.astype(model_io.input(io_spec.LABEL).dtype)}
+    if instances is not None:
+        feeds[io_spec.INSTANCE] = instances.astype(model_io.input(io_spec.INSTANCE).dtype)
+    if config.use_vae:
+        feeds[io_spec.Z] = sample_z(batch, config.z_dim, seed).numpy()
+    return feeds
+
+
+def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: int | None = None,
+                  runtimes: list[str] | None = None, options: Options = Options(),
+                  workdir: Path | None = None) -> dict[str, Any]:
+    """Benchmark the runtimes on a random-weight generator of `config` (realistic BN statistics) at `height` x
+    `width` (default: the config's size); the result is JSON-ready: machine, setup, rows, skipped runtimes."""
+    default_height, default_width = config.image_size
+    height, width = height or default_height, width or default_width
+    check_label_size(height, width, config)
+    chosen = select(runtimes)
+    skipped = [{"runtime": runtime.name, "reason": reason} for runtime in chosen
+               if (reason := runtime.unavailable()) is not None]
+    available = [runtime for runtime in chosen if runtime.unavailable() is None]
+    if not available:
+        raise ValueError(f"none of the chosen runtimes can run here: {skipped}")
+    torch.set_num_threads(options.threads)
+    machine = describe_machine(options.threads)
+
+    with tempfile.TemporaryDirectory(prefix="spade-bench-") as temporary:
+        workdir = Path(workdir or temporary)
+        with step("random generator with calibrated batch-norm statistics"):
+            generator = random_generator(config, seed=options.seed)
+        feeds = {batch: graph_feeds(config, batch, height, width, seed=options.seed + 1000 * batch)
+                 for batch in options.batches}
+        graphs = {}
+        for name in sorted({runtime.graph for runtime in available if runtime.graph is not None}):
+            with step(f"exporting the {name} ONNX graph"):
+                graphs[name] = GRAPHS[name](generator, workdir / f"{name}.onnx", height=height, width=width)
+        subject = Subject(generator, height, width, options.threads, graphs)
+        with step("eager reference outputs"):
+            eager = eager_runner(subject, None)
+            reference = {batch: eager(batch_feeds) for batch, batch_feeds in feeds.items()}
+            del eager
+        built = _build(available, subject)
+        rows = [row for batch, batch_feeds in feeds.items()
+                for row in _bench_batch(built, batch, batch_feeds, reference[batch], subject, options)]
+        del built
+    _add_ratios(rows)
+    setup = {"preset": config.preset, "ngf": config.ngf, "size": f"{height}x{width}",
+             "generator_config": config.to_dict(), "batches": list(options.batches), "repeats": options.repeats,
+             "warmup": options.warmup, "threads": options.threads, "seed": options.seed,
+             "label_maps": f"synthetic, {NUM_REGIONS} irregular regions each",
+             "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
+    machine["load_average_1min_end"] = load_average()
+    return {"kind": "inprocess", "format_version": FORMAT_VERSION, "machine": machine,
+            "setup": setup, "rows": [asdict(row) for row in rows], "skipped": skipped}
+
+
+def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
+    """Every runtime, with its build time and what it keeps resident."""
+    built = []
+    for runtime in tqdm(runtimes, desc="building runtimes", unit="runtime", file=sys.stderr):
+        reset_peak_resident()  # frees garbage first, so the baseline is honest
+        before, start = resident_mb(), time.perf_counter()
+        run = runtime.build(subject, subject.graphs.get(runtime.graph))
+        build_s = time.perf_counter() - start
+        gc.collect()
+        after = resident_mb()
+        added_mb = None if before is None or after is None else max(after - before, 0.0)
+        built.append(_Built(runtime, run, build_s, added_mb))
+    return built
+
+
+def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.ndarray, subject: Subject,
+                 options: Options) -> list[Row]:
+    """Runtimes take turns call by call: a warm-up round, then `repeats` timed rounds, the first runtime rotating."""
+    calls = {entry.runtime.name: _Calls() for entry in built}
+    rounds = options.warmup + options.repeats
+    with tqdm(total=rounds * len(built), desc=f"batch {batch}", unit="call", file=sys.stderr) as progress:
+        for index in range(rounds):
+            for entry in built[index % len(built):] + built[:index % len(built)]:
+                progress.set_postfix_str(entry.runtime.name)
+                output, latency_ms, added_mb = timed_call(lambda: entry.run(feeds))
+                record = calls[entry.runtime.name]
+                record.max_abs_diff = max(record.max_abs_diff, float(np.abs(output - reference).max()))
+                record.added_mb = None if added_mb is None or record.added_mb is None else max(record.added_mb,
+                                                                                               added_mb)
+                if index >= options.warmup:
+                    record.latencies_ms.append(latency_ms)
+                del output
+                progress.update()
+    config, share = subject.generator.config, boundary_share(feeds[io_spec.LABEL])
+    rows = []
+    for entry in built:
+        record = calls[entry.runtime.name]
+        timing = Timing(tuple(record.latencies_ms))
+        p50 = timing.percentile(50)
+        peak = None if entry.resident_mb is None or record.added_mb is None else entry.resident_mb + record.added_mb
+        rows.append(Row(runtime=entry.runtime.name, batch=batch, p50_ms=p50, p95_ms=timing.percentile(95),
+                        p99_ms=timing.percentile(99), images_per_s=batch * 1e3 / p50,
+                        max_abs_diff=record.max_abs_diff, peak_mem_mb=peak, boundary_share=share,
+                        preset=config.preset, ngf=config.ngf, size=f"{subject.height}x{subject.width}",
+                        repeats=options.repeats, build_s=entry.build_s, latencies_ms=list(timing.latencies_ms)))
+    return rows
+
+
+def _add_ratios(rows: list[Row]) -> None:
+    """Speed-ups of every row against eager and against the fastest plain runtime at the same batch."""
+    for batch in {row.batch for row in rows}:
+        same = [row for row in rows if row.batch == batch]
+        eager = next((row for row in same if row.runtime == "eager"), None)
+        plain = [row for row in same if RUNTIMES[row.runtime].plain]
+        best = min(plain, key=lambda row: row.p50_ms) if plain else None
+        for row in same:
+            if eager is not None:
+                row.speedup_vs_eager = eager.p50_ms / row.p50_ms
+            if best is not None:
+                row.speedup_vs_best_plain = best.p50_ms / row.p50_ms
+                row.best_plain = best.runtime
+

@@ -1,0 +1,133 @@
+"""What a benchmark ran on (recorded beside every number), and the process's resident memory for peak-memory figures.
+
+Resident memory comes from Linux's /proc/self/status (`VmRSS`, and the high-water mark `VmHWM`); writing 5 to
+/proc/self/clear_refs resets the high-water mark, so a peak can be taken over one stage instead of the whole process.
+Elsewhere the memory functions return None and the reports say "n/a".
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+_STATUS = Path("/proc/self/status")
+_MEMINFO = Path("/proc/meminfo")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_RESET_PEAK = "5"  # clear_refs code: reset the peak resident set size (Linux >= 4.0)
+_VERSIONS = ("torch", "onnxruntime", "openvino", "numpy", "onnx", "tritonclient", "nvidia-pytriton")
+
+
+def describe_machine(threads: int) -> dict[str, Any]:
+    """CPU model, cores, SIMD flags, memory, the threads the benchmark uses, the load average when it started,
+    package versions, date, git commit."""
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    return {
+        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
+        "cpu_id": f"family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}",  # family 25 = AMD Zen 3/4
+        "cores": os.cpu_count(),
+        "simd": [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags],
+        "memory_gib": round(memory / 2 ** 20, 1) if (memory := _proc_kib(_MEMINFO, "MemTotal")) else None,
+        "threads": threads,
+        "load_average_1min": load_average(),  # other work on the machine skews every number
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in _VERSIONS if _version(name)},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": _git_revision(),
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average: runnable processes, which on a machine this small includes every competitor."""
+    return round(os.getloadavg()[0], 2)
+
+
+def machine_slug(machine: dict[str, Any]) -> str:
+    """Short folder-name form of a machine, e.g. `amd-epyc-2c`."""
+    name = re.sub(r"\((r|tm)\)|cpu|processor|@.*", "", machine["cpu"].lower())
+    name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    return f"{name}-{machine['cores']}c"
+
+
+def resident_mb() -> float | None:
+    """Current resident set size in MiB."""
+    return _status_mib("VmRSS")
+
+
+def reset_peak_resident() -> bool:
+    """Release freed heap memory to the OS, then restart the peak-RSS count; False where that is not possible."""
+    gc.collect()
+    _malloc_trim()
+    try:
+        _CLEAR_REFS.write_text(_RESET_PEAK)
+    except OSError:
+        return False
+    return True
+
+
+def peak_resident_mb() -> float | None:
+    """Peak resident set size in MiB since the last `reset_peak_resident` (or since the process started)."""
+    return _status_mib("VmHWM")
+
+
+def _status_mib(field: str) -> float | None:
+    kib = _proc_kib(_STATUS, field)
+    return kib / 1024 if kib is not None else None
+
+
+def _proc_kib(path: Path, field: str) -> int | None:
+    """A `Field:   123 kB` line of a /proc file, in KiB."""
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", path.read_text(), flags=re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed memory in its heap; trimming returns it, so a later RSS baseline is not inflated."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _cpuinfo() -> dict[str, str]:
+    """Fields of the first processor in /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_revision() -> str | None:
+    """HEAD of the source tree this package runs from, with `+dirty` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head

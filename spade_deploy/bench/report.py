@@ -1,0 +1,303 @@
+"""A results folder: `inprocess.json` and/or `served.json`, rendered into `summary.md` and PNG charts.
+
+`write_result` stores one benchmark's result and re-renders the folder from every result in it, so the in-process
+and the served benchmark can be run one after the other into the same folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from spade_deploy.bench.perf_analyzer import STABILITY_PERCENT  # noqa: E402
+from spade_deploy.io_spec import GENERATOR_MODEL, PIPELINE_MODEL  # noqa: E402
+
+RESULT_FILES = {"inprocess": "inprocess.json", "served": "served.json"}
+SUMMARY = "summary.md"
+LATENCY_CHART = "latency_vs_batch.png"
+SERVED_CHART = "throughput_vs_concurrency.png"
+
+
+def write_result(directory: Path, result: dict[str, Any]) -> Path:
+    """Write `result` as the folder's JSON of its kind, then re-render the summary and charts; the summary's path."""
+    kind = result.get("kind")
+    if kind not in RESULT_FILES:
+        raise ValueError(f"a benchmark result has kind {list(RESULT_FILES)}, got {kind!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / RESULT_FILES[kind], result)
+    return render(directory)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def render(directory: Path) -> Path:
+    """`summary.md` (and the charts) from the results in `directory`."""
+    results = {kind: json.loads((directory / name).read_text()) for kind, name in RESULT_FILES.items()
+               if (directory / name).is_file()}
+    if not results:
+        raise ValueError(f"{directory} holds no benchmark result ({', '.join(RESULT_FILES.values())})")
+    machine = next(iter(results.values()))["machine"]
+    lines = [f"# SPADE benchmarks: {machine['cpu']}, {machine['cores']} cores, {machine['date'][:10]}", "",
+             _machine_line(machine), "",
+             "Speed claims are ratios measured within one run: between runs this machine varies by ±10–15 %.", ""]
+    lines += [warning for result in results.values() if (warning := _busy_warning(result))]
+    if "inprocess" in results:
+        latency_chart(results["inprocess"], directory / LATENCY_CHART)
+    if "served" in results:
+        served_chart(results["served"], directory / SERVED_CHART)
+    for result in results.values():
+        lines += section(result)
+    lines += ["## Reproduce", "", "```"] + [result.get("command", f"(command of the {kind} run not recorded)")
+                                            for kind, result in results.items()] + ["```", ""]
+    path = directory / SUMMARY
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+def section(result: dict[str, Any]) -> list[str]:
+    """The markdown lines of one result (what the summary shows for it)."""
+    return _inprocess_section(result) if result["kind"] == "inprocess" else _served_section(result)
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
+    return (f"Machine: {machine['cpu']} ({machine['cpu_id']}; {', '.join(machine['simd']) or 'no AVX2'}), "
+            f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['os']}, Python {machine['python']}; "
+            f"{versions}; git {machine['git']}; 1-min load average at start {machine['load_average_1min']}.")
+
+
+def _busy_warning(result: dict[str, Any]) -> str | None:
+    """A warning line when other work ran on the machine during a benchmark (load average above half the cores)."""
+    machine = result["machine"]
+    loads = [machine["load_average_1min"], machine.get("load_average_1min_end", 0.0)]
+    if max(loads) <= machine["cores"] / 2:
+        return None
+    return (f"**Warning: the machine was busy during the {result['kind']} run (1-min load average {loads[0]} at "
+            f"the start, {loads[1]} at the end, on {machine['cores']} cores): its absolute times are inflated and "
+            f"its ratios noisier than on an idle machine.**\n")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows] + [""])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}×"
+
+
+def _inprocess_section(result: dict[str, Any]) -> list[str]:
+    setup, rows = result["setup"], result["rows"]
+    shares = ", ".join(f"batch {row['batch']}: {row['boundary_share']:.1%}"
+                       for row in {row["batch"]: row for row in rows}.values())
+    lines = [f"## In-process: {setup['preset']}, ngf {setup['ngf']}, {setup['size']}, {setup['threads']} threads",
+             "",
+             f"Random weights with calibrated batch-norm statistics; {setup['label_maps']} (boundary share "
+             f"{shares}); {setup['warmup']} warm-up + {setup['repeats']} timed calls per runtime and batch. "
+             f"Every runtime uses {setup['threads']} intra-op threads.", ""]
+    lines += _table(["runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s", "× eager", "× best plain",
+                     "max abs Δ vs eager", "peak MiB"],
+                    [[row["runtime"], row["batch"], row["p50_ms"], row["p95_ms"], row["p99_ms"], row["images_per_s"],
+                      _ratio(row["speedup_vs_eager"]), _ratio(row["speedup_vs_best_plain"]),
+                      f"{row['max_abs_diff']:.1e}", row["peak_mem_mb"]] for row in rows])
+    best = {row["batch"]: row["best_plain"] for row in rows if row["best_plain"]}
+    if best:
+        lines += ["Best plain runtime (the `× best plain` baseline): "
+                  + ", ".join(f"batch {batch}: {name}" for batch, name in best.items()) + ".", ""]
+    lines += [f"- `{name}`: {summary}" for name, summary in setup["runtimes"].items()]
+    lines += [f"- skipped `{entry['runtime']}`: {entry['reason']}" for entry in result["skipped"]]
+    lines += ["", f"![latency vs batch]({LATENCY_CHART})", "",
+              "p50/p95/p99: percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit "
+              "near the slowest). images/s = batch / p50. max abs Δ: largest |image_float − eager| over all calls "
+              "(outputs in [-1, 1]). peak MiB: what building the runtime added to the resident set plus the most one "
+              "of its calls added at its peak (weights, compiled graph, arenas, activations). Runtimes take turns "
+              "call by call, so load that drifts during the run hits all of them alike.", ""]
+    return lines
+
+
+def _served_section(result: dict[str, Any]) -> list[str]:
+    setup, gen, pipe = result["setup"], GENERATOR_MODEL, PIPELINE_MODEL
+    lines = [f"## Served: {setup['preset']}, ngf {setup['ngf']}, {setup['size']}, Triton (CPU variant)", "",
+             f"The exporter's default generator graph ({setup['graph']}) in ONNX Runtime behind the `{setup['model']}` "
+             f"pipeline, over gRPC (AsyncSpadeClient), batch 1 per request, {setup['label_maps']} synthetic label maps "
+             f"(boundary share {setup['boundary_share']:.1%}); {setup['instances']} instances × "
+             f"{setup['intra_op_threads']} ONNX Runtime thread(s), dynamic batching up to {setup['max_batch_size']}. "
+             f"{setup['requests_per_level']} timed requests per level after at least {setup['warmup_per_level']} "
+             f"warm-up requests. Exactness: served image vs eager PyTorch, max "
+             f"{result['exactness']['max_abs_diff_uint8_vs_eager']} 8-bit level(s).", "",
+             "### Concurrency sweep (closed loop)", ""]
+    lines += _table(["concurrency", "requests (errors)", "p50 ms", "p95 ms", "p99 ms", "req/s",
+                     "pipeline queue ms", "pipeline compute ms", "generator queue ms", "generator compute ms",
+                     "generator batch"],
+                    [[level["concurrency"], f"{level['requests']} ({level['errors']})", level["p50_ms"],
+                      level["p95_ms"], level["p99_ms"], level["throughput_rps"], level["server"][pipe]["queue_ms"],
+                      level["server"][pipe]["compute_ms"], level["server"][gen]["queue_ms"],
+                      level["server"][gen]["compute_ms"], level["server"][gen]["mean_batch"]]
+                     for level in result["concurrency"]])
+    lines += ["req/s: answers per second until the last request was sent (the drain after it, with fewer requests in "
+              "flight, is left out). Server times are Triton's statistics per request the model received (the "
+              "pipeline's compute includes its call into the generator; a generator request carries the batch the "
+              "pipeline gathered). The load generator itself used "
+              + ", ".join(f"{level['client_cpu_ms_per_request']:.1f}" for level in result["concurrency"])
+              + " ms of CPU per request at these levels.", "",
+              "### Fixed rate (open loop, Poisson arrivals; latency from the scheduled send time)", ""]
+    lines += _table(["offered req/s", "requests (errors)", "achieved req/s", "p50 ms", "p95 ms", "p99 ms",
+                     "pipeline queue ms", "generator batch", "stopped early"],
+                    [[level["rate_rps"], f"{level['requests']} ({level['errors']})", level["throughput_rps"],
+                      level["p50_ms"], level["p95_ms"], level["p99_ms"], level["server"][pipe]["queue_ms"],
+                      level["server"][gen]["mean_batch"], level["stopped_early"] or "no"]
+                     for level in result["fixed_rate"]])
+    lines += _perf_analyzer_section(result)
+    overhead, wire = result["serving_overhead"], result["wire_bytes"]
+    if overhead:
+        lines += ["### Serving overhead at batch 1", "",
+                  f"In-process ONNX Runtime with the served session options ({result['inprocess_batch1']['threads']}"
+                  f" thread(s)): p50 {overhead['inprocess_p50_ms']:.1f} ms; served at concurrency 1: p50 "
+                  f"{overhead['served_p50_ms']:.1f} ms — {overhead['overhead_ms']:+.1f} ms, "
+                  f"{_ratio(overhead['served_over_inprocess'])} the in-process latency.", ""]
+    lines += ["### Bytes on the wire per request (batch 1)", ""]
+    lines += _table(["request kind", "request bytes", "response bytes", "total"],
+                    [["uint8 label in, uint8 RGB out (served)", wire["uint8_request"], wire["uint8_response"],
+                      wire["uint8_request"] + wire["uint8_response"]],
+                     ["naive: float one-hot in, float image out", wire["naive_float_request"],
+                      wire["naive_float_response"], wire["naive_float_request"] + wire["naive_float_response"]]])
+    lines += [f"The uint8 contract sends {wire['naive_over_uint8']:.0f}× fewer bytes. Method: {wire['method']}.", "",
+              f"![throughput vs concurrency]({SERVED_CHART})", ""]
+    return lines
+
+
+def _perf_analyzer_section(result: dict[str, Any]) -> list[str]:
+    cross = result.get("perf_analyzer")
+    if not cross:
+        return ["perf_analyzer cross-check: not run (add --perf-analyzer).", ""]
+    if "error" in cross:
+        return [f"perf_analyzer cross-check failed: {cross['error']}", ""]
+    ours = {("concurrency", level["concurrency"]): level for level in result["concurrency"]}
+    ours.update({("rate", level["rate_rps"]): level for level in result["fixed_rate"]})
+    lines = ["### perf_analyzer beside ours (same server, model and label maps)", ""]
+    rows = []
+    for row in cross["rows"]:
+        mine = ours.get((row["mode"], row["level"]), {})
+        label = f"{row['mode']} {row['level']}"
+        if "error" in row:
+            rows.append([label, mine.get("throughput_rps"), "failed", mine.get("p50_ms"), "", mine.get("p95_ms"),
+                         "", row["error"].splitlines()[-1][:80]])
+            continue
+        rows.append([label, mine.get("throughput_rps"), row["throughput_rps"], mine.get("p50_ms"), row["p50_ms"],
+                     mine.get("p95_ms"), row["p95_ms"], f"queue {row['server_queue_ms']:.1f} / compute "
+                                                         f"{row['server_compute_ms']:.1f}"])
+    lines += _table(["level", "ours req/s", "perf_analyzer req/s", "ours p50 ms", "perf_analyzer p50 ms",
+                     "ours p95 ms", "perf_analyzer p95 ms", "perf_analyzer server ms"], rows)
+    lines += [f"perf_analyzer {cross['rows'][0]['version'] if cross['rows'] else ''}: time windows of "
+              f"{cross['window_ms']} ms (longer at a fixed rate), stable within {STABILITY_PERCENT} % over 3 "
+              f"windows; its latency is measured from the actual send, ours from the scheduled one at a fixed rate.",
+              ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ charts
+
+def latency_chart(result: dict[str, Any], path: Path) -> Path:
+    """Median latency per call (p95 as the bar's top) and images/s against batch size, a line per runtime."""
+    rows, setup = result["rows"], result["setup"]
+    seconds = max(row["p95_ms"] for row in rows) > 2000
+    scale, unit = (1e-3, "s") if seconds else (1.0, "ms")
+    figure, (latency_axes, throughput_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for runtime in dict.fromkeys(row["runtime"] for row in rows):
+        mine = sorted((row for row in rows if row["runtime"] == runtime), key=lambda row: row["batch"])
+        batches = [row["batch"] for row in mine]
+        p50 = [row["p50_ms"] * scale for row in mine]
+        above = [(row["p95_ms"] - row["p50_ms"]) * scale for row in mine]
+        latency_axes.errorbar(batches, p50, yerr=[[0] * len(mine), above], marker="o", capsize=3, label=runtime)
+        throughput_axes.plot(batches, [row["images_per_s"] for row in mine], marker="o", label=runtime)
+    batches = sorted({row["batch"] for row in rows})
+    for axes in (latency_axes, throughput_axes):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(batches, [str(batch) for batch in batches])
+        axes.set_xlabel("batch size")
+        axes.grid(True, alpha=0.3)
+    latency_axes.set_ylabel(f"latency per call ({unit}): p50, bar to p95")
+    latency_axes.set_ylim(bottom=0)
+    throughput_axes.set_ylabel("images / s (batch / p50)")
+    throughput_axes.set_ylim(bottom=0)
+    throughput_axes.legend(fontsize=8)
+    figure.suptitle(f"In-process, {setup['preset']} ngf {setup['ngf']} {setup['size']}, {setup['threads']} threads")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def served_chart(result: dict[str, Any], path: Path) -> Path:
+    """Throughput and latency against concurrency (ours and perf_analyzer's), and where a request's time goes."""
+    levels, setup = result["concurrency"], result["setup"]
+    concurrency = [level["concurrency"] for level in levels]
+    cross = [row for row in (result.get("perf_analyzer") or {}).get("rows", [])
+             if row["mode"] == "concurrency" and "error" not in row]
+    figure, (throughput_axes, latency_axes, split_axes) = plt.subplots(1, 3, figsize=(15, 4.2))
+    throughput_axes.plot(concurrency, [level["throughput_rps"] for level in levels], marker="o", label="ours")
+    latency_axes.plot(concurrency, [level["p50_ms"] for level in levels], marker="o", label="ours p50")
+    latency_axes.plot(concurrency, [level["p95_ms"] for level in levels], marker="o", linestyle=":",
+                      label="ours p95")
+    if cross:
+        levels_pa = [row["level"] for row in cross]
+        throughput_axes.plot(levels_pa, [row["throughput_rps"] for row in cross], marker="s", linestyle="--",
+                             label="perf_analyzer")
+        latency_axes.plot(levels_pa, [row["p50_ms"] for row in cross], marker="s", linestyle="--",
+                          label="perf_analyzer p50")
+        latency_axes.plot(levels_pa, [row["p95_ms"] for row in cross], marker="s", linestyle="-.",
+                          label="perf_analyzer p95")
+    throughput_axes.set_ylabel("requests / s")
+    latency_axes.set_ylabel("latency (ms)")
+    # Where a request's mean time goes: queues and compute from Triton's statistics, the rest is transport,
+    # (de)serialisation and the client.
+    pipe = [level["server"][PIPELINE_MODEL] for level in levels]
+    gen = [level["server"][GENERATOR_MODEL] for level in levels]
+    parts = {"generator compute": [item["compute_ms"] for item in gen],
+             "generator queue": [item["queue_ms"] for item in gen],
+             "pipeline (BLS) overhead": [max(p["compute_ms"] - g["queue_ms"] - g["compute_ms"], 0.0)
+                                         for p, g in zip(pipe, gen)],
+             "pipeline queue": [item["queue_ms"] for item in pipe],
+             "gRPC + client": [max(level["mean_ms"] - p["queue_ms"] - p["compute_ms"], 0.0)
+                               for level, p in zip(levels, pipe)]}
+    positions = list(range(len(levels)))
+    bottom = [0.0] * len(levels)
+    for name, values in parts.items():
+        split_axes.bar(positions, values, bottom=bottom, label=name)
+        bottom = [low + value for low, value in zip(bottom, values)]
+    split_axes.set_xticks(positions, [str(level) for level in concurrency])
+    split_axes.set_ylabel("mean ms per request")
+    split_axes.legend(fontsize=7)
+    for axes in (throughput_axes, latency_axes):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(concurrency, [str(level) for level in concurrency])
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    for axes in (throughput_axes, latency_axes, split_axes):
+        axes.set_xlabel("concurrent requests")
+    figure.suptitle(f"Served ({setup['model']} over gRPC), {setup['preset']} ngf {setup['ngf']} {setup['size']}, "
+                    f"{setup['instances']} instances × {setup['intra_op_threads']} thread(s)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,175 @@
+"""`spade-deploy bench`: benchmark every runtime in this process, or (`--served`) the model served by Triton.
+
+    spade-deploy bench --preset ade20k --batch 1,4 --repeats 3 --out benchmarks/results/DATE-MACHINE
+    spade-deploy bench --served --preset ade20k --ngf 16 --size 128x128 --perf-analyzer --out …
+
+Models have random weights with calibrated batch-norm statistics (no pretrained weights are needed to time them);
+label maps are synthetic with irregular regions. `--out DIR` writes DIR/inprocess.json or DIR/served.json and
+re-renders DIR/summary.md and the charts; `--json FILE` writes the result alone.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from spade_deploy.bench.runtimes import RUNTIMES
+from spade_deploy.config import PRESETS, GeneratorConfig, generator_preset
+from spade_deploy.serve import ServerError
+
+DATASET_PRESETS = sorted(name for name in PRESETS if name != "custom")
+# In-process-only and served-only options: given in the other mode they would be silently ignored.
+INPROCESS_ONLY = ("batch", "runtimes", "repeats", "warmup", "threads")
+SERVED_ONLY = ("concurrency", "requests", "rates", "rate_requests", "instances", "intra_op_threads",
+               "max_batch_size", "perf_analyzer")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="benchmark the runtimes in-process, or the served model (--served)",
+        description="Benchmark every runtime in this process, or (--served) the model served by Triton over gRPC, "
+                    "on a random-weight generator and synthetic label maps.",
+        epilog="Speed is reported as ratios within the run (against eager PyTorch and the best plain runtime); "
+               "every run checks max |Δ| against eager PyTorch.")
+    parser.add_argument("--preset", choices=DATASET_PRESETS, required=True, help="dataset preset of the generator")
+    parser.add_argument("--ngf", type=int, help="base channel width (default: the preset's, 64)")
+    parser.add_argument("--size", type=_size, metavar="HxW", help="label map / image size (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, label maps and latents")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="results folder: write the JSON there and re-render summary.md and the charts")
+    inprocess = parser.add_argument_group("in-process benchmark")
+    inprocess.add_argument("--batch", type=_positive_list(int, "1,4"), metavar="B,…",
+                           help="batch sizes (default: 1,4)")
+    inprocess.add_argument("--runtimes", type=_names, metavar="NAME,…",
+                           help=f"runtimes to compare (default: all): {', '.join(RUNTIMES)}")
+    inprocess.add_argument("--repeats", type=int, help="timed calls per runtime and batch (default: 5)")
+    inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 1)")
+    inprocess.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: 2)")
+    served = parser.add_argument_group("served benchmark (--served)")
+    served.add_argument("--served", action="store_true",
+                        help="start tritonserver on free loopback ports and load it over gRPC")
+    served.add_argument("--concurrency", type=_positive_list(int, "1,2,4,8"), metavar="C,…",
+                        help="concurrency levels of the closed-loop sweep (default: 1,2,4,8)")
+    served.add_argument("--requests", type=int, help="timed requests per concurrency level (default: 48)")
+    served.add_argument("--rates", type=_positive_list(float, "5,10"), metavar="R,…",
+                        help="fixed request rates in requests/s (default: 50 %% and 80 %% of the best throughput)")
+    served.add_argument("--rate-requests", type=int, help="requests per fixed rate (default: 48)")
+    served.add_argument("--instances", type=int, help="Triton instances per model (default: 2)")
+    served.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per instance (default: 1)")
+    served.add_argument("--max-batch-size", type=int, help="largest batch the server forms (default: 8)")
+    served.add_argument("--perf-analyzer", action="store_true",
+                        help="cross-check with Triton's perf_analyzer (installed on first use into a tools venv by "
+                             "benchmarks/perf_analyzer.sh)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spade_deploy.bench import report
+
+    mode_only, other = (INPROCESS_ONLY, "in-process") if args.served else (SERVED_ONLY, "served")
+    given = [f"--{name.replace('_', '-')}" for name in mode_only if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only for the {other} benchmark "
+                         f"({'drop --served' if args.served else 'add --served'})")
+    config = generator_preset(args.preset, **({"ngf": args.ngf} if args.ngf is not None else {}))
+    height, width = args.size or config.image_size
+    config = _sized(config, height, width)
+    try:
+        result = (_run_served if args.served else _run_inprocess)(args, config, height, width)
+    except ServerError as error:
+        print(f"spade-deploy bench: error: {error}", file=sys.stderr)
+        return 1
+    result["command"] = _command(args, result)
+    print("\n".join(report.section(result)))
+    if args.json is not None:
+        report.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.out is not None:
+        print(f"wrote {report.write_result(args.out, result)}")
+    return 0
+
+
+def _run_inprocess(args: argparse.Namespace, config: GeneratorConfig, height: int,
+                   width: int) -> dict[str, Any]:
+    from spade_deploy.bench.inprocess import Options, run_inprocess
+
+    chosen = {name: getattr(args, name) for name in ("repeats", "warmup", "threads") if getattr(args, name) is not None}
+    if args.batch is not None:
+        chosen["batches"] = args.batch
+    return run_inprocess(config, height=height, width=width, runtimes=args.runtimes,
+                         options=Options(seed=args.seed, **chosen))
+
+
+def _run_served(args: argparse.Namespace, config: GeneratorConfig, height: int,
+                width: int) -> dict[str, Any]:
+    from spade_deploy.bench.served import ServedOptions, run_served
+
+    chosen = {name: getattr(args, name) for name in ("concurrency", "requests", "rates", "rate_requests",
+                                                     "instances", "intra_op_threads", "max_batch_size")
+              if getattr(args, name) is not None}
+    return run_served(config, height=height, width=width,
+                      options=ServedOptions(seed=args.seed, perf_analyzer=args.perf_analyzer, **chosen))
+
+
+def _command(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """The command that reproduces this run, with every setting spelled out (defaults included)."""
+    setup = result["setup"]
+    words = ["spade-deploy", "bench", "--preset", setup["preset"], "--ngf", str(setup["ngf"]), "--size",
+             setup["size"], "--seed", str(setup["seed"])]
+    if args.served:
+        words += ["--served", "--concurrency", _join(level["concurrency"] for level in result["concurrency"]),
+                  "--requests", str(setup["requests_per_level"]), "--rate-requests", str(setup["rate_requests"]),
+                  "--instances", str(setup["instances"]), "--intra-op-threads", str(setup["intra_op_threads"]),
+                  "--max-batch-size", str(setup["max_batch_size"])]
+        words += ["--rates", _join(args.rates)] if args.rates else []  # default: derived from the measured peak
+        words += ["--perf-analyzer"] if args.perf_analyzer else []
+    else:
+        words += ["--batch", _join(setup["batches"]), "--runtimes", _join(setup["runtimes"]), "--repeats",
+                  str(setup["repeats"]), "--warmup", str(setup["warmup"]), "--threads", str(setup["threads"])]
+    words += ["--out", str(args.out)] if args.out is not None else []
+    return shlex.join(words)
+
+
+def _sized(config: GeneratorConfig, height: int, width: int) -> GeneratorConfig:
+    """The config with its crop size set to the benchmark size where the size allows, so the random weights'
+    batch-norm statistics are calibrated on label maps of the size that is timed."""
+    try:
+        sized = config.replace(crop_size=width, aspect_ratio=width / height)
+    except ValueError:
+        return config
+    return sized if sized.image_size == (height, width) else config
+
+
+def _join(values: Any) -> str:
+    return ",".join(str(value) for value in values)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+def _positive_list(kind: type, example: str) -> Callable[[str], tuple]:
+    """An argparse type: comma-separated positive numbers of `kind`."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values such as {example}, got {text!r}") \
+                from None
+        if min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
+        return values
+    return parse
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
