@@ -1,6 +1,8 @@
 """RGB images: reading style references, converting between uint8 HWC and the networks' [-1, 1] NCHW, writing PNGs."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -8,16 +10,23 @@ import torch
 from PIL import Image
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file -> `[H, W, 3]` uint8 RGB."""
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """`PIL.Image.open` whose failures (missing file, not an image) are `ValueError`s naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            yield image
     except OSError as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from error
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file -> `[H, W, 3]` uint8 RGB."""
+    with open_image(path) as image:
+        return np.array(image.convert("RGB"))
 
 
 def as_rgb_batch(images: np.ndarray | torch.Tensor, name: str = "style") -> np.ndarray:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from spade_deploy.config import GeneratorConfig
-from spade_deploy.images import save_png
+from spade_deploy.images import open_image, save_png
 
 ArrayLike = np.ndarray | torch.Tensor
 RAW_DONTCARE = 255  # raw PNG value the official datasets map to the don't-care index
@@ -130,17 +130,11 @@ def labels_to_raw(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
 
 def read_png(path: str | Path) -> np.ndarray:
     """A PNG as an integer array (uint8, uint16 or int32 for 32-bit instance maps); RGB images are refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such file: {path}")
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{path} is a {image.mode} image; a label or instance map must be a single-channel "
-                                 f"PNG (mode L, P, I or I;16)")
-            return np.array(image)
-    except OSError as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from error
+    with open_image(path) as image:
+        if image.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"{path} is a {image.mode} image; a label or instance map must be a single-channel "
+                             f"PNG (mode L, P, I or I;16)")
+        return np.array(image)
 
 
 def read_label_png(path: str | Path, config: GeneratorConfig) -> np.ndarray:
