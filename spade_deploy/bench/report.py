@@ -18,6 +18,7 @@ from spade_deploy.bench.perf_analyzer import STABILITY_PERCENT  # noqa: E402
 from spade_deploy.io_spec import GENERATOR_MODEL, PIPELINE_MODEL  # noqa: E402
 
 RESULT_FILES = {"inprocess": "inprocess.json", "served": "served.json"}
+KIND_TITLES = {"inprocess": "in-process", "served": "served"}
 SUMMARY = "summary.md"
 LATENCY_CHART = "latency_vs_batch.png"
 SERVED_CHART = "throughput_vs_concurrency.png"
@@ -49,7 +50,12 @@ def render(directory: Path) -> Path:
     lines = [f"# SPADE benchmarks: {machine['cpu']}, {machine['cores']} cores, {machine['date'][:10]}", "",
              _machine_line(machine), "",
              "Speed claims are ratios measured within one run: between runs this machine varies by ±10–15 %.", ""]
-    lines += [warning for result in results.values() if (warning := _busy_warning(result))]
+    for result in results.values():
+        machine = result["machine"]
+        lines += [f"The {KIND_TITLES[result['kind']]} run started {machine['date']} with a 1-min load average of "
+                  f"{machine['load_average_1min']} and ended with {machine.get('load_average_1min_end', 'n/a')} (its "
+                  f"own {machine['threads']} threads included).", ""]
+        lines += [warning for warning in [_busy_warning(result)] if warning]
     if "inprocess" in results:
         latency_chart(results["inprocess"], directory / LATENCY_CHART)
     if "served" in results:
@@ -74,18 +80,20 @@ def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
     return (f"Machine: {machine['cpu']} ({machine['cpu_id']}; {', '.join(machine['simd']) or 'no AVX2'}), "
             f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['os']}, Python {machine['python']}; "
-            f"{versions}; git {machine['git']}; 1-min load average at start {machine['load_average_1min']}.")
+            f"{versions}; git {machine['git']}.")
 
 
 def _busy_warning(result: dict[str, Any]) -> str | None:
-    """A warning line when other work ran on the machine during a benchmark (load average above half the cores)."""
+    """A warning line when other work ran on the machine during a benchmark: the 1-min load average above half the
+    cores at the start, or at the end beyond the benchmark's own threads (which the end value includes)."""
     machine = result["machine"]
-    loads = [machine["load_average_1min"], machine.get("load_average_1min_end", 0.0)]
-    if max(loads) <= machine["cores"] / 2:
+    start, end = machine["load_average_1min"], machine.get("load_average_1min_end", 0.0)
+    if max(start, end - machine["threads"]) <= machine["cores"] / 2:
         return None
-    return (f"**Warning: the machine was busy during the {result['kind']} run (1-min load average {loads[0]} at "
-            f"the start, {loads[1]} at the end, on {machine['cores']} cores): its absolute times are inflated and "
-            f"its ratios noisier than on an idle machine.**\n")
+    return (f"**Warning: the machine was busy during the {KIND_TITLES[result['kind']]} run (1-min load average "
+            f"{start} at the start, {end} at the end with its own {machine['threads']} threads, on "
+            f"{machine['cores']} cores): its absolute times are inflated and its ratios noisier than on an idle "
+            f"machine.**\n")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -274,7 +282,7 @@ def served_chart(result: dict[str, Any], path: Path) -> Path:
     gen = [level["server"][GENERATOR_MODEL] for level in levels]
     parts = {"generator compute": [item["compute_ms"] for item in gen],
              "generator queue": [item["queue_ms"] for item in gen],
-             "pipeline (BLS) overhead": [max(p["compute_ms"] - g["queue_ms"] - g["compute_ms"], 0.0)
+             "pipeline beyond its generator call": [max(p["compute_ms"] - g["queue_ms"] - g["compute_ms"], 0.0)
                                          for p, g in zip(pipe, gen)],
              "pipeline queue": [item["queue_ms"] for item in pipe],
              "gRPC + client": [max(level["mean_ms"] - p["queue_ms"] - p["compute_ms"], 0.0)
@@ -286,6 +294,7 @@ def served_chart(result: dict[str, Any], path: Path) -> Path:
         bottom = [low + value for low, value in zip(bottom, values)]
     split_axes.set_xticks(positions, [str(level) for level in concurrency])
     split_axes.set_ylabel("mean ms per request")
+    split_axes.margins(y=0.1)
     split_axes.legend(fontsize=7)
     for axes in (throughput_axes, latency_axes):
         axes.set_xscale("log", base=2)

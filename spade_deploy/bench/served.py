@@ -237,19 +237,19 @@ async def _load(url: str, requests: list[dict[str, np.ndarray]], eager_image: np
             for concurrency in tqdm(options.concurrency, desc="served: concurrency", unit="level", file=sys.stderr):
                 await _closed_loop(client, calls, concurrency, max(options.warmup, concurrency),
                                    options.level_timeout_s)
-                before, cpu = await _statistics(stats_client), time.process_time()
+                before, cpu = await _still_statistics(stats_client), time.process_time()
                 load = await _closed_loop(client, calls, concurrency, options.requests, options.level_timeout_s)
                 cpu = time.process_time() - cpu
-                server = _server_side(before, await _statistics(stats_client))
+                server = _server_side(before, await _settled_statistics(stats_client, before, len(load.samples)))
                 levels.append({"concurrency": concurrency, **_summarize(load, cpu), "server": server})
             best = max(level["throughput_rps"] for level in levels)
             rates = options.rates or tuple(round(fraction * best, 2) for fraction in AUTO_RATE_FRACTIONS)
             open_loop = []
             for rate in tqdm(rates, desc="served: fixed rate", unit="rate", file=sys.stderr):
-                before, cpu = await _statistics(stats_client), time.process_time()
+                before, cpu = await _still_statistics(stats_client), time.process_time()
                 load = await _open_loop(client, calls, rate, options)
                 cpu = time.process_time() - cpu
-                server = _server_side(before, await _statistics(stats_client))
+                server = _server_side(before, await _settled_statistics(stats_client, before, len(load.samples)))
                 open_loop.append({"rate_rps": rate, **_summarize(load, cpu), "server": server})
         finally:
             await stats_client.close()
@@ -339,6 +339,32 @@ async def _statistics(client: aioclient.InferenceServerClient) -> dict[str, dict
                            **{part: int(timing.get(part, {}).get("ns", 0))
                               for part in ("queue", "compute_input", "compute_infer", "compute_output")}}
     return counters
+
+
+async def _still_statistics(client: aioclient.InferenceServerClient,
+                            timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
+    """Statistics once two snapshots 50 ms apart agree: the requests before (warm-up) are all counted."""
+    deadline = time.perf_counter() + timeout_s
+    previous = await _statistics(client)
+    while True:
+        await asyncio.sleep(0.05)
+        current = await _statistics(client)
+        if current == previous or time.perf_counter() > deadline:
+            return current
+        previous = current
+
+
+async def _settled_statistics(client: aioclient.InferenceServerClient, before: dict[str, dict[str, int]],
+                              items: int, timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
+    """Statistics once every model has counted the `items` batch-1 requests since `before`: Triton updates them just
+    after sending a response, so a snapshot taken at once can miss the last requests."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        after = await _statistics(client)
+        counted = min(after[model]["inferences"] - before[model]["inferences"] for model in STATS_MODELS)
+        if counted >= items or time.perf_counter() > deadline:
+            return after
+        await asyncio.sleep(0.02)
 
 
 def _server_side(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, Any]:
