@@ -42,8 +42,6 @@ class Level:
     def __init__(self, labels: torch.Tensor, edge: torch.Tensor | None, num_labels: int) -> None:
         # labels: [N, h, w] int64; edge: [N, 1, h, w] float or None
         batch, height, width = labels.shape
-        self.num_labels = num_labels
-        self.padded_width = width + 4
         # A3: the 3x3 window is mixed, leaves the image (padding with -1 makes such windows mixed), or holds an
         # instance edge. Label indices are exact in float32.
         as_float = F.pad(labels.unsqueeze(1).float(), (1, 1, 1, 1), value=-1.0)  # [N, 1, h + 2, w + 2]
@@ -51,29 +49,27 @@ class Level:
         if edge is not None:
             a3 = a3 | (F.max_pool2d(edge, 3, stride=1, padding=1) > 0)
         b5 = F.max_pool2d(a3.float(), 3, stride=1, padding=1) > 0  # A3 dilated: the 5x5 window is mixed
-        self.b5_mask = b5.view(batch, height, width)
-        self.labels = labels
 
         a3_padded = F.pad(a3.float(), (2, 2, 2, 2)).flatten() > 0  # [N * (h+4) * (w+4)]
         labels_padded = F.pad(labels, (2, 2, 2, 2), value=num_labels).flatten()
-        self.a3 = torch.nonzero(a3_padded).flatten()  # [P3] padded flat indices
-        self.b5 = torch.nonzero(F.pad(b5.float(), (2, 2, 2, 2)).flatten() > 0).flatten()  # [P5]
-        offsets = torch.tensor([dy * self.padded_width + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        a3_list = torch.nonzero(a3_padded).flatten()  # [P3] padded flat indices
+        b5_list = torch.nonzero(F.pad(b5.float(), (2, 2, 2, 2)).flatten() > 0).flatten()  # [P5]
+        offsets = torch.tensor([dy * (width + 4) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
         tap_base = torch.arange(9) * (num_labels + 1)  # rows of tap t start at t * (labels + 1)
-        self.a3_taps = self.a3.unsqueeze(1) + offsets  # [P3, 9]
-        self.b5_taps = self.b5.unsqueeze(1) + offsets  # [P5, 9]
+        a3_taps = a3_list.unsqueeze(1) + offsets  # [P3, 9]
+        b5_taps = b5_list.unsqueeze(1) + offsets  # [P5, 9]
         # Rows of the mlp_shared per-tap label tables ([9 * (labels + 1), 3 * hidden]) for the windows of A3.
-        self.a3_label_rows = labels_padded[self.a3_taps] + tap_base
+        self.a3_label_rows = labels_padded[a3_taps] + tap_base
         self.edge_taps = None
         if edge is not None:
-            self.edge_taps = F.pad(edge, (2, 2, 2, 2)).flatten()[self.a3_taps]  # [P3, 9]
+            self.edge_taps = F.pad(edge, (2, 2, 2, 2)).flatten()[a3_taps]  # [P3, 9]
         # Code of every padded position: its label (the sentinel outside the image) or, on A3, labels + 1 + its rank
         # in the A3 list. Row `code * 9 + t` of a modulation's table holds W_t @ actv at that position.
         rank = torch.cumsum(a3_padded.long(), 0) - 1
         code = torch.where(a3_padded, rank + num_labels + 1, labels_padded)
-        self.b5_rows = code[self.b5_taps] * 9 + torch.arange(9)  # [P5, 9]
+        self.b5_rows = code[b5_taps] * 9 + torch.arange(9)  # [P5, 9]
         # Assembly code of every pixel: its class (constant AB) or labels + its rank in B5.
-        b5_flat = self.b5_mask.flatten()
+        b5_flat = b5.flatten()
         b5_rank = torch.cumsum(b5_flat.long(), 0) - 1
         self.assembly = torch.where(b5_flat, num_labels + b5_rank, labels.flatten()).view(batch, height, width)
 
