@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +103,7 @@ def export_onnx(args: argparse.Namespace) -> Exported:
     return Exported(generator, generator_onnx, encoder, encoder_onnx)
 
 
-def run(main: "callable[[argparse.Namespace], object]", args: argparse.Namespace) -> int:
+def run(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
     """Run an export entry point, turning expected failures into messages and exit codes."""
     try:
         main(args)
