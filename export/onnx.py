@@ -41,8 +41,9 @@ def step(title: str) -> Iterator[None]:
     print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse", default_variant: str = "cpu") -> None:
-    """Arguments shared by `export.onnx` and `export.trt`."""
+def add_arguments(parser: argparse.ArgumentParser, graphs: tuple[str, ...] = ("sparse", "sparse-tensorrt", "dense"),
+                  default_graph: str = "sparse", default_variant: str = "cpu") -> None:
+    """Arguments shared by `export.onnx` and `export.trt` (which offers only the graphs TensorRT builds)."""
     parser.add_argument("checkpoint", type=Path, help="generator checkpoint: ours, a training run's, or an "
                                                         "official *_net_G.pth")
     parser.add_argument("--encoder", type=Path, help="style encoder checkpoint (ours or an official *_net_E.pth)")
@@ -53,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser, default_graph: str = "sparse"
     parser.add_argument("--height", type=int, help="export height (default: the config's)")
     parser.add_argument("--width", type=int, help="export width (default: the config's)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--graph", choices=GRAPHS[:2], default=default_graph,
-                        help="sparse: boundary-sparse SPADE modulation (fewest operations, NonZero/Gather ops); "
-                             f"dense: folded only (default here: {default_graph})")
+    graph = parser.add_mutually_exclusive_group()
+    graph.add_argument("--graph", choices=graphs, default=default_graph,
+                       help="; ".join(f"{name}: {GRAPHS[name]}" for name in graphs)
+                       + f" (default here: {default_graph})")
+    graph.add_argument("--dense", dest="graph", action="store_const", const="dense", help="same as --graph dense")
     parser.add_argument("--repository", type=Path,
                         help="also write a Triton model repository here (serve it with `spade-deploy serve`)")
     parser.add_argument("--variant", choices=VARIANTS, default=default_variant,

@@ -37,8 +37,8 @@ def export_trt(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0])
     # Dense by default on GPUs: they have compute to spare, and the sparse graph's data-dependent shapes (NonZero)
-    # cost a device sync per resolution. --graph sparse still builds in TensorRT (it supports NonZero).
-    add_arguments(parser, default_graph="dense", default_variant="gpu")
+    # cost a device sync per resolution. TensorRT builds NonZero but not Unique, hence `sparse-tensorrt`.
+    add_arguments(parser, graphs=("dense", "sparse-tensorrt"), default_graph="dense", default_variant="gpu")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="fp16", action="store_true", default=True,
                            help="FP16 engine, normalisation-sensitive layers in FP32 (default)")

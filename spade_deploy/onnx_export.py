@@ -78,15 +78,21 @@ class DeployEncoder(nn.Module):
         return self.core(image)
 
 
-GRAPHS = ("sparse", "dense", "plain")
+GRAPHS = {
+    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window (fewest operations; ONNX Unique, "
+              "NonZero, Gather)",
+    "sparse-tensorrt": "boundary-sparse without the window deduplication: no ONNX Unique, so TensorRT builds it",
+    "dense": "folded only (every op dense)",
+    "plain": "the unmodified model (baselines only)",
+}
 
 
 def generator_graph(generator: SPADEGenerator, *, graph: str = "sparse", height: int | None = None,
                     width: int | None = None) -> DeployGenerator:
-    """The deployment module of a generator: `sparse` (folded, boundary-sparse modulation at the resolutions where
-    it pays, for an export of height x width), `dense` (folded only), or `plain` (unmodified; baselines only)."""
-    if graph == "sparse":
-        core = sparse_generator(generator, height, width)
+    """The deployment module of a generator (one of `GRAPHS`; the sparse ones are built for an export of height x
+    width, which decides the resolutions where the sparse path pays)."""
+    if graph in ("sparse", "sparse-tensorrt"):
+        core = sparse_generator(generator, height, width, unique_windows=graph == "sparse")
     elif graph == "dense":
         core = fold_generator(generator)
     elif graph == "plain":

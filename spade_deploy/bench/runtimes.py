@@ -22,7 +22,7 @@ import onnxruntime
 import torch
 
 from export.tensorrt_engine import unavailable_reason as tensorrt_unavailable
-from spade_deploy import io_spec
+from spade_deploy import io_spec, onnx_export
 from spade_deploy.labels import to_semantic_input
 from spade_deploy.networks import SPADEGenerator
 from spade_deploy.onnx_export import export_generator_onnx, generator_graph
@@ -53,11 +53,9 @@ class Runtime:
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run on this machine; None: it can
 
 
-GRAPHS: dict[str, GraphExport] = {
-    "plain": functools.partial(export_generator_onnx, graph="plain"),  # torch.onnx.export of the unmodified model
-    "dense": functools.partial(export_generator_onnx, graph="dense"),  # our exact folded graph
-    "sparse": functools.partial(export_generator_onnx, graph="sparse"),  # folded + boundary-sparse modulation
-}
+# Every deployment graph of `onnx_export.GRAPHS`, as an export function.
+GRAPHS: dict[str, GraphExport] = {name: functools.partial(export_generator_onnx, graph=name)
+                                  for name in onnx_export.GRAPHS}
 RUNTIMES: dict[str, Runtime] = {}
 
 

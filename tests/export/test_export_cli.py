@@ -21,6 +21,7 @@ from spade_deploy.checkpoint import save_generator
 from spade_deploy.config import EncoderConfig, GeneratorConfig
 from spade_deploy.images import rgb_to_tensor
 from spade_deploy.labels import to_semantic_input
+from spade_deploy.onnx_export import METADATA_GRAPH
 from spade_deploy.runtime import OnnxEncoder, OnnxGenerator
 from spade_deploy.synthetic import random_encoder, random_generator, random_style, synthetic_batch
 from tests.official import (official_encoder_forward, official_generator_forward, official_options,
@@ -137,6 +138,29 @@ def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):
     assert status == 0
     assert f"TensorRT engine step skipped: {unavailable_reason()}" in err
     assert (tmp_path / "generator.onnx").is_file() and not (tmp_path / "generator.plan").exists()
+
+
+@pytest.mark.parametrize("exporter, argv, graph", [
+    (export_onnx, [], "sparse"),  # CPU exports: the sparse graph by default
+    (export_onnx, ["--dense"], "dense"),
+    (export_onnx, ["--graph", "sparse-tensorrt"], "sparse-tensorrt"),
+    (export_trt, [], "dense"),  # GPU exports: dense by default
+    (export_trt, ["--graph", "sparse-tensorrt"], "sparse-tensorrt"),
+])
+def test_graph_choice(own_checkpoint, tmp_path, exporter, argv, graph):
+    """The exported graph is the one asked for (recorded in the metadata); only the default CPU graph uses ONNX
+    Unique, which TensorRT cannot build."""
+    assert exporter.main([str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1", *argv]) == 0
+    model = onnx.load(str(tmp_path / "generator.onnx"))
+    assert {entry.key: entry.value for entry in model.metadata_props}[METADATA_GRAPH] == graph
+    assert any(node.op_type == "Unique" for node in model.graph.node) == (graph == "sparse")
+
+
+def test_trt_offers_only_graphs_tensorrt_builds(own_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_trt.main([str(own_checkpoint), "--out", str(tmp_path), "--graph", "sparse"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'sparse'" in capsys.readouterr().err
 
 
 def test_trt_require_engine_fails_fast(own_checkpoint, tmp_path, capsys):

@@ -1,6 +1,7 @@
-"""The boundary-sparse graph computes the dense folded graph's (and the eager generator's) function exactly
-(max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many regions, one region, regions on every border,
-1-pixel-wide regions, and batches mixing them (no neighbour may leak across images)."""
+"""The boundary-sparse graph, with and without its window deduplication, computes the dense folded graph's (and the
+eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many regions, one
+region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak across
+images)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from spade_deploy.fold import FoldedGenerator
 from spade_deploy.labels import to_semantic_input
 from spade_deploy.onnx_export import export_generator_onnx
 from spade_deploy.runtime import OnnxGenerator
-from spade_deploy.sparse import SparseResBlock, sparse_generator
+from spade_deploy.sparse import Level, SparseResBlock, sparse_generator
 from spade_deploy.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from tests.spade_deploy.test_fold import VARIANTS
 
@@ -40,11 +41,12 @@ def label_maps(config: GeneratorConfig) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module", params=SPARSE_VARIANTS, ids=[name for name, _ in SPARSE_VARIANTS])
 def models(request):
-    """(eager, dense folded, all-blocks-sparse) for one variant."""
+    """(eager, dense folded, all-blocks-sparse with and without window deduplication) for one variant."""
     config = request.param[1]
     generator = random_generator(config, seed=9)
-    sparse = sparse_generator(generator, dense_below=1)  # every block sparse, down to the 1x1 latent grid
-    assert all(isinstance(block, SparseResBlock) for block in sparse.blocks)
+    # Every block sparse, down to the 1x1 latent grid.
+    sparse = [sparse_generator(generator, dense_below=1, unique_windows=unique) for unique in (True, False)]
+    assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
     return generator, FoldedGenerator(generator).eval(), sparse
 
 
@@ -61,24 +63,39 @@ def test_sparse_matches_dense_and_eager(models, kind):
     with torch.no_grad():
         eager = generator(to_semantic_input(labels, instances, config), z)
         inputs = (torch.from_numpy(labels), None if instances is None else torch.from_numpy(instances), z)
-        dense_out, sparse_out = dense(*inputs), sparse(*inputs)
-    assert (sparse_out - dense_out).abs().max() <= TOLERANCE
-    assert (sparse_out - eager).abs().max() <= TOLERANCE
+        dense_out = dense(*inputs)
+        for graph in sparse:
+            sparse_out = graph(*inputs)
+            assert (sparse_out - dense_out).abs().max() <= TOLERANCE
+            assert (sparse_out - eager).abs().max() <= TOLERANCE
+
+
+def test_windows_are_deduplicated():
+    """Along boundaries the same 3x3 label windows repeat: one table row per distinct window, far fewer than the
+    pixels near a boundary; without deduplication every such pixel keeps its own row."""
+    labels = torch.from_numpy(synthetic_label_map(128, 128, num_regions=16, num_classes=10, seed=3))[None]
+    unique, every = (Level(labels, None, 10, unique_windows=flag) for flag in (True, False))
+    assert len(torch.unique(every.window_label_rows, dim=0)) == len(unique.window_label_rows)
+    assert len(unique.window_label_rows) * 3 < len(every.window_label_rows)
+    assert len(unique.b5_rows) < len(every.b5_rows)
 
 
 def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
-    """The default CPU export is the sparse graph; its NonZero/Gather/MatMul graph runs in ONNX Runtime exactly."""
+    """The default CPU export is the sparse graph; it and the TensorRT-buildable variant (no Unique) run in ONNX
+    Runtime exactly."""
     config = SPARSE_VARIANTS[0][1]
     generator = random_generator(config, seed=2)
-    path = export_generator_onnx(generator, tmp_path / "g.onnx", height=128, width=128)
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"NonZero", "Gather", "MatMul", "CumSum"} <= ops
     labels = np.stack([label_maps(config.replace(crop_size=128))[kind] for kind in ("many-regions", "one-region")])
     instances = np.stack([synthetic_instance_map(item) for item in labels])
-    _, image_float = OnnxGenerator(path)(labels, instances)
     with torch.no_grad():
         eager = generator(to_semantic_input(labels, instances, config)).numpy()
-    assert np.abs(image_float - eager).max() <= TOLERANCE
+    for graph, unique_op in (("sparse", True), ("sparse-tensorrt", False)):
+        path = export_generator_onnx(generator, tmp_path / f"{graph}.onnx", height=128, width=128, graph=graph)
+        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+        assert {"NonZero", "Gather", "MatMul", "CumSum"} <= ops
+        assert ("Unique" in ops) == unique_op
+        _, image_float = OnnxGenerator(path)(labels, instances)
+        assert np.abs(image_float - eager).max() <= TOLERANCE
 
 
 def test_other_spade_kernels_stay_dense():
