@@ -39,7 +39,6 @@ from spade_deploy.synthetic import random_generator, synthetic_batch
 
 FORMAT_VERSION = 1
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
-NUM_REGIONS = 16  # regions per synthetic label map
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,15 @@ class Options:
     warmup: int = 1  # untimed calls before them
     threads: int = 2  # intra-op threads of every runtime (torch.set_num_threads for PyTorch)
     seed: int = 0  # weights, label maps and latents
+    regions: int = 16  # irregular regions per synthetic label map: the boundary share follows from it
 
     def __post_init__(self) -> None:
         if not self.batches or any(not isinstance(batch, int) or batch < 1 for batch in self.batches):
             raise ValueError(f"batches must be positive integers, got {self.batches!r}")
-        if self.repeats < 1 or self.warmup < 0 or self.threads < 1:
-            raise ValueError(f"need repeats >= 1, warmup >= 0 and threads >= 1; got repeats={self.repeats}, "
-                             f"warmup={self.warmup}, threads={self.threads}")
+        if self.repeats < 1 or self.warmup < 0 or self.threads < 1 or self.regions < 1:
+            raise ValueError(f"need repeats >= 1, warmup >= 0, threads >= 1 and regions >= 1; got "
+                             f"repeats={self.repeats}, warmup={self.warmup}, threads={self.threads}, "
+                             f"regions={self.regions}")
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,11 @@ def boundary_share(labels: np.ndarray, radius: int = BOUNDARY_RADIUS) -> float:
     return float(boundary.float().mean())
 
 
-def graph_feeds(config: GeneratorConfig, batch: int, height: int, width: int, *, seed: int) -> Feeds:
+def graph_feeds(config: GeneratorConfig, batch: int, height: int, width: int, *, seed: int,
+                regions: int = Options.regions) -> Feeds:
     """Synthetic label maps (irregular regions, every label index) (+ instances) (+ a seeded z) in wire dtypes."""
     model_io = io_spec.generator_io(config, height, width)
-    labels, instances = synthetic_batch(config, batch, height=height, width=width, num_regions=NUM_REGIONS,
-                                        seed=seed)
+    labels, instances = synthetic_batch(config, batch, height=height, width=width, num_regions=regions, seed=seed)
     feeds = {io_spec.LABEL: labels.astype(model_io.input(io_spec.LABEL).dtype)}
     if instances is not None:
         feeds[io_spec.INSTANCE] = instances.astype(model_io.input(io_spec.INSTANCE).dtype)
@@ -171,7 +172,8 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
         workdir = Path(workdir or temporary)
         with step("random generator with calibrated batch-norm statistics"):
             generator = random_generator(config, seed=options.seed)
-        feeds = {batch: graph_feeds(config, batch, height, width, seed=options.seed + 1000 * batch)
+        feeds = {batch: graph_feeds(config, batch, height, width, seed=options.seed + 1000 * batch,
+                                    regions=options.regions)
                  for batch in options.batches}
         graphs = {}
         for name in sorted({runtime.graph for runtime in available if runtime.graph is not None}):
@@ -190,7 +192,7 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
     setup = {"preset": config.preset, "ngf": config.ngf, "size": f"{height}x{width}",
              "generator_config": config.to_dict(), "batches": list(options.batches), "repeats": options.repeats,
              "warmup": options.warmup, "threads": options.threads, "seed": options.seed,
-             "label_maps": f"synthetic, {NUM_REGIONS} irregular regions each",
+             "label_maps": f"synthetic, {options.regions} irregular regions each", "regions": options.regions,
              "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
     machine["load_average_1min_end"] = load_average()
     return {"kind": "inprocess", "format_version": FORMAT_VERSION, "machine": machine,

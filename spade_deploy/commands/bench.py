@@ -48,6 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inprocess.add_argument("--repeats", type=int, help="timed calls per runtime and batch (default: 5)")
     inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 1)")
     inprocess.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: 2)")
+    inprocess.add_argument("--regions", type=int, help="irregular regions per synthetic label map (default: 16; real "
+                                                        "maps have about 8-40)")
     served = parser.add_argument_group("served benchmark (--served)")
     served.add_argument("--served", action="store_true",
                         help="start tritonserver on free loopback ports and load it over gRPC")
@@ -96,7 +98,8 @@ def _run_inprocess(args: argparse.Namespace, config: GeneratorConfig, height: in
                    width: int) -> dict[str, Any]:
     from spade_deploy.bench.inprocess import Options, run_inprocess
 
-    chosen = {name: getattr(args, name) for name in ("repeats", "warmup", "threads") if getattr(args, name) is not None}
+    chosen = {name: getattr(args, name) for name in ("repeats", "warmup", "threads", "regions")
+              if getattr(args, name) is not None}
     if args.batch is not None:
         chosen["batches"] = args.batch
     return run_inprocess(config, height=height, width=width, runtimes=args.runtimes,
@@ -128,7 +131,8 @@ def _command(args: argparse.Namespace, result: dict[str, Any]) -> str:
         words += ["--perf-analyzer"] if args.perf_analyzer else []
     else:
         words += ["--batch", _join(setup["batches"]), "--runtimes", _join(setup["runtimes"]), "--repeats",
-                  str(setup["repeats"]), "--warmup", str(setup["warmup"]), "--threads", str(setup["threads"])]
+                  str(setup["repeats"]), "--warmup", str(setup["warmup"]), "--threads", str(setup["threads"]),
+                  "--regions", str(setup["regions"])]
     words += ["--out", str(args.out)] if args.out is not None else []
     return shlex.join(words)
 

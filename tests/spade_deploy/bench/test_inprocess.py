@@ -90,6 +90,8 @@ def test_unknown_runtimes_and_bad_options_are_refused() -> None:
         Options(batches=(0,))
     with pytest.raises(ValueError, match="repeats"):
         Options(repeats=0)
+    with pytest.raises(ValueError, match="regions=0"):
+        Options(regions=0)
 
 
 def test_boundary_share_counts_mixed_neighbourhoods_and_the_border() -> None:

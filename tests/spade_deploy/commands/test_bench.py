@@ -13,8 +13,8 @@ from spade_deploy.cli import USER_ERROR, main
 def test_a_tiny_in_process_run_writes_json_and_a_results_folder(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     argv = ["bench", "--preset", "ade20k", "--ngf", "8", "--size", "64x64", "--batch", "1", "--runtimes",
-            "eager,ort", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "r.json"), "--out",
-            str(tmp_path / "results")]
+            "eager,ort", "--repeats", "1", "--warmup", "0", "--regions", "8", "--json", str(tmp_path / "r.json"),
+            "--out", str(tmp_path / "results")]
     assert main(argv) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert [row["runtime"] for row in result["rows"]] == ["eager", "ort"]
@@ -23,6 +23,7 @@ def test_a_tiny_in_process_run_writes_json_and_a_results_folder(tmp_path: Path,
     command = shlex.split(result["command"])
     assert command[:2] == ["spade-deploy", "bench"] and command[command.index("--threads") + 1] == "2"
     assert command[command.index("--runtimes") + 1] == "eager,ort" and command[command.index("--ngf") + 1] == "8"
+    assert command[command.index("--regions") + 1] == "8" and "8 irregular regions" in result["setup"]["label_maps"]
     assert (tmp_path / "results" / "inprocess.json").is_file() and (tmp_path / "results" / "summary.md").is_file()
     out = capsys.readouterr().out
     assert "| eager | 1 |" in out and "wrote" in out
