@@ -2,7 +2,9 @@
 
 All runtimes are built first; then, per batch, they take turns call by call (a warm-up round, then `repeats` timed
 rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
-alike. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak memory, max |Δ|
+alike. Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and
+its own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that
+protection against drift. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak memory, max |Δ|
 of `image_float` against the eager model on the same inputs (every call, warm-up included), and speed-ups against
 eager and against the best plain runtime *of the same run* (noise between runs here is ±10–15 %, so only same-run
 ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95
@@ -49,6 +51,7 @@ class Options:
     threads: int = 2  # intra-op threads of every runtime (torch.set_num_threads for PyTorch)
     seed: int = 0  # weights, label maps and latents
     regions: int = 16  # irregular regions per synthetic label map: the boundary share follows from it
+    one_at_a_time: bool = False  # build, time and free each runtime in turn (memory), instead of taking turns
 
     def __post_init__(self) -> None:
         if not self.batches or any(not isinstance(batch, int) or batch < 1 for batch in self.batches):
@@ -184,14 +187,19 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
             eager = eager_runner(subject, None)
             reference = {batch: eager(batch_feeds) for batch, batch_feeds in feeds.items()}
             del eager
-        built = _build(available, subject)
-        rows = [row for batch, batch_feeds in feeds.items()
-                for row in _bench_batch(built, batch, batch_feeds, reference[batch], subject, options)]
-        del built
+        groups = [[runtime] for runtime in available] if options.one_at_a_time else [available]
+        rows = []
+        for group in groups:
+            built = _build(group, subject)
+            rows += [row for batch, batch_feeds in feeds.items()
+                     for row in _bench_batch(built, batch, batch_feeds, reference[batch], subject, options)]
+            del built
+        rows.sort(key=lambda row: row.batch)  # stable: runtimes stay in registry order within a batch
     _add_ratios(rows)
     setup = {"preset": config.preset, "ngf": config.ngf, "size": f"{height}x{width}",
              "generator_config": config.to_dict(), "batches": list(options.batches), "repeats": options.repeats,
              "warmup": options.warmup, "threads": options.threads, "seed": options.seed,
+             "one_at_a_time": options.one_at_a_time,
              "label_maps": f"synthetic, {options.regions} irregular regions each", "regions": options.regions,
              "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
     machine["load_average_1min_end"] = load_average()

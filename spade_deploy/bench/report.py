@@ -137,9 +137,16 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
               "p50/p95/p99: percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit "
               "near the slowest). images/s = batch / p50. max abs Δ: largest |image_float − eager| over all calls "
               "(outputs in [-1, 1]). peak MiB: what building the runtime added to the resident set plus the most one "
-              "of its calls added at its peak (weights, compiled graph, arenas, activations). Runtimes take turns "
-              "call by call, so load that drifts during the run hits all of them alike.", ""]
+              "of its calls added at its peak (weights, compiled graph, arenas, activations). " + _SCHEDULE[
+                  bool(setup.get("one_at_a_time"))], ""]
     return lines
+
+
+_SCHEDULE = {
+    False: "Runtimes take turns call by call, so load that drifts during the run hits all of them alike.",
+    True: "Runtimes ran one at a time (each built, timed and freed before the next: together they do not fit in "
+          "memory), so load that drifted during the run affects the ratios.",
+}
 
 
 def _served_section(result: dict[str, Any]) -> list[str]:

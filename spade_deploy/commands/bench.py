@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inprocess.add_argument("--repeats", type=int, help="timed calls per runtime and batch (default: 5)")
     inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 1)")
     inprocess.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: 2)")
+    inprocess.add_argument("--one-at-a-time", action="store_true", default=None,
+                           help="build, time and free each runtime in turn instead of letting them take turns call "
+                                "by call (when they do not fit in memory together; less protected against drift)")
     inprocess.add_argument("--regions", type=int, help="irregular regions per synthetic label map (default: 16; real "
                                                         "maps have about 8-40)")
     served = parser.add_argument_group("served benchmark (--served)")
@@ -98,7 +101,7 @@ def _run_inprocess(args: argparse.Namespace, config: GeneratorConfig, height: in
                    width: int) -> dict[str, Any]:
     from spade_deploy.bench.inprocess import Options, run_inprocess
 
-    chosen = {name: getattr(args, name) for name in ("repeats", "warmup", "threads", "regions")
+    chosen = {name: getattr(args, name) for name in ("repeats", "warmup", "threads", "regions", "one_at_a_time")
               if getattr(args, name) is not None}
     if args.batch is not None:
         chosen["batches"] = args.batch
@@ -132,7 +135,7 @@ def _command(args: argparse.Namespace, result: dict[str, Any]) -> str:
     else:
         words += ["--batch", _join(setup["batches"]), "--runtimes", _join(setup["runtimes"]), "--repeats",
                   str(setup["repeats"]), "--warmup", str(setup["warmup"]), "--threads", str(setup["threads"]),
-                  "--regions", str(setup["regions"])]
+                  "--regions", str(setup["regions"])] + (["--one-at-a-time"] if setup["one_at_a_time"] else [])
     words += ["--out", str(args.out)] if args.out is not None else []
     return shlex.join(words)
 

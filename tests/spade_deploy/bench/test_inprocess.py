@@ -12,6 +12,7 @@ import pytest
 from spade_deploy import io_spec
 from spade_deploy.bench import runtimes
 from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, run_inprocess
+from spade_deploy.bench.report import section
 from spade_deploy.bench.runtimes import RUNTIMES, Runtime, onnxruntime_runner, select
 from spade_deploy.onnx_export import export_generator_onnx
 from tests.spade_deploy.bench.conftest import TINY
@@ -76,6 +77,18 @@ def test_a_new_runtime_takes_one_registration(monkeypatch: pytest.MonkeyPatch) -
     candidate = next(row for row in result["rows"] if row["runtime"] == "candidate")
     assert candidate["max_abs_diff"] <= 1e-4 and candidate["speedup_vs_eager"] > 0
     assert candidate["speedup_vs_best_plain"] is None  # no plain runtime ran: no such baseline
+
+
+def test_one_at_a_time_times_every_runtime_alone_and_says_so() -> None:
+    """For runtimes that do not fit in memory together: each is built, timed at every batch and freed in turn; the
+    rows and ratios look the same, and the summary says the ratios lost the protection against drift."""
+    result = run_inprocess(TINY, runtimes=["eager", "plain-ort", "sparse-ort"],
+                           options=Options(batches=(1, 2), repeats=1, warmup=0, one_at_a_time=True))
+    assert [(row["runtime"], row["batch"]) for row in result["rows"]] == [
+        (name, batch) for batch in (1, 2) for name in ("eager", "plain-ort", "sparse-ort")]
+    assert all(row["max_abs_diff"] <= 1e-4 and row["speedup_vs_best_plain"] > 0 for row in result["rows"])
+    assert result["setup"]["one_at_a_time"] is True
+    assert "Runtimes ran one at a time" in "\n".join(section(result))
 
 
 def test_a_runtime_on_an_unknown_graph_is_refused() -> None:
