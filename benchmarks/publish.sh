@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Reproduce the published results: `benchmarks/publish.sh [DIR]` (default benchmarks/results/<date>-<machine>).
 #
-# 1. in-process: every runtime on the ADE20K generator at full size (256x256, ngf 64), batch 1 and 4, 2 threads;
+# 1. in-process: the runtimes of the export and serving stack on the ADE20K generator at full size (256x256,
+#    ngf 64), batch 1 and 4, 2 threads;
 # 2. served: the ADE20K generator at ngf 16, 128x128 behind Triton, concurrency 1, 2, 4, 8 and two fixed rates, with
-#    perf_analyzer beside our load generator.
-# About 15 minutes on a 2-core machine. Run it on an otherwise idle machine: the summary flags a busy one.
+#    perf_analyzer beside our load generator;
+# 3. the boundary-sparse graph against eager PyTorch, the plain exports and our dense graph: ADE20K (batch 1 and 4,
+#    runtimes taking turns) and Cityscapes (512x256; batch 1 taking turns, batch 4 one runtime at a time, as the
+#    five do not fit in memory together), into DIR-sparse-ade20k, DIR-sparse-cityscapes, DIR-sparse-cityscapes-batch4.
+# About 50 minutes on a 2-core machine. Run it on an otherwise idle machine: the summaries flag a busy one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slug=$(python -c "from spade_deploy.bench.machine import describe_machine, machine_slug; print(machine_slug(describe_machine(2)))")
 out=${1:-benchmarks/results/$(date -u +%F)-$slug}
+common=(--repeats 3 --warmup 1 --threads 2)
+sparse=(--runtimes eager,plain-ort,plain-openvino,ort,sparse-ort "${common[@]}")
 
-spade-deploy bench --preset ade20k --ngf 64 --size 256x256 --batch 1,4 --repeats 3 --warmup 1 --threads 2 --out "$out"
+spade-deploy bench --preset ade20k --ngf 64 --size 256x256 --batch 1,4 \
+    --runtimes eager,folded-torch,plain-ort,plain-openvino,ort,openvino "${common[@]}" --out "$out"
 spade-deploy bench --served --preset ade20k --ngf 16 --size 128x128 --concurrency 1,2,4,8 --requests 48 \
     --rate-requests 48 --perf-analyzer --out "$out"
-echo "results: $out/summary.md"
+spade-deploy bench --preset ade20k --batch 1,4 "${sparse[@]}" --out "$out-sparse-ade20k"
+spade-deploy bench --preset cityscapes --batch 1 "${sparse[@]}" --out "$out-sparse-cityscapes"
+spade-deploy bench --preset cityscapes --batch 4 "${sparse[@]}" --one-at-a-time --out "$out-sparse-cityscapes-batch4"
+echo "results: $out/summary.md, $out-sparse-*/summary.md"

@@ -28,8 +28,9 @@ from spade_deploy.fold import LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modu
 from spade_deploy.networks import SPADE, SPADEGenerator, SPADEResBlock
 
 # Blocks whose label map is smaller than this (on its shorter side) run dense: there nearly every pixel is near a
-# label boundary and the sparse bookkeeping costs more than it saves. Measured on ADE20K 256x256 (ONNX Runtime,
-# 2 threads, 16-region maps): sparse from 16 px up ran 2.81x the plain export, from 32 px up 2.29x, from 64 px 2.08x.
+# label boundary and the sparse bookkeeping costs about what it saves. Measured on ADE20K 256x256 (ONNX Runtime,
+# 2 threads, 16-region maps, same-process A/B): dense below 8, 16 and 32 px gave 1.20, 1.22 and 1.24 s per image,
+# within noise of each other (before window deduplication: 16 -> 2.81x, 32 -> 2.29x, 64 -> 2.08x the plain export).
 DENSE_BELOW = 16
 
 

@@ -2,13 +2,13 @@
 
 All runtimes are built first; then, per batch, they take turns call by call (a warm-up round, then `repeats` timed
 rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
-alike. Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and
-its own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that
-protection against drift. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak memory, max |Δ|
-of `image_float` against the eager model on the same inputs (every call, warm-up included), and speed-ups against
-eager and against the best plain runtime *of the same run* (noise between runs here is ±10–15 %, so only same-run
-ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95
-and p99 sit close to the slowest call.
+alike. Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and its
+own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
+against drift. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak
+memory, max |Δ| of `image_float` against the eager model on the same inputs (every call, warm-up included), and
+speed-ups against eager, each plain runtime and the best of those *of the same run* (noise between runs here is
+±10–15 %, so only same-run ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats`
+samples: with 5 samples p95 and p99 sit close to the slowest call.
 
 Peak memory: what building the runtime added to the resident set (weights, graph, compiled kernels), plus the most
 one of its calls at this batch added at its peak above the resident set before the call (activations, arena growth);
@@ -35,6 +35,7 @@ from spade_deploy.bench.machine import (describe_machine, load_average, peak_res
                                         resident_mb)
 from spade_deploy.bench.runtimes import GRAPHS, RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.config import GeneratorConfig
+from spade_deploy.fold import instance_edge_map
 from spade_deploy.labels import check_label_size
 from spade_deploy.sampling import sample_z
 from spade_deploy.synthetic import random_generator, synthetic_batch
@@ -89,6 +90,7 @@ class Row:
     speedup_vs_eager: float | None = None
     speedup_vs_best_plain: float | None = None
     best_plain: str | None = None  # which plain runtime was fastest at this batch
+    speedup_vs: dict[str, float] = field(default_factory=dict)  # against each baseline (eager, every plain runtime)
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -126,14 +128,18 @@ def measure(call: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     return Timing(tuple(timed_call(call)[1] for _ in range(repeats)))
 
 
-def boundary_share(labels: np.ndarray, radius: int = BOUNDARY_RADIUS) -> float:
-    """Share of pixels of `[N, H, W]` label maps whose (2·radius+1)² neighbourhood holds more than one label or
-    reaches past the image border: where SPADE's gamma/beta are not a per-class constant."""
+def boundary_share(labels: np.ndarray, instances: np.ndarray | None = None, radius: int = BOUNDARY_RADIUS) -> float:
+    """Share of pixels of `[N, H, W]` label maps whose (2·radius+1)² neighbourhood holds more than one label, an
+    instance edge (models with instance maps) or reaches past the image border: where SPADE's gamma/beta are not a
+    per-class constant."""
     maps = torch.from_numpy(np.asarray(labels, dtype=np.float32))[:, None]  # [N, 1, H, W]
     size = 2 * radius + 1
     highest = F.max_pool2d(maps, size, stride=1, padding=radius)  # padding is -inf: only in-image labels count
     lowest = -F.max_pool2d(-maps, size, stride=1, padding=radius)
     boundary = highest != lowest
+    if instances is not None:
+        edges = instance_edge_map(torch.from_numpy(np.asarray(instances)))
+        boundary |= F.max_pool2d(edges, size, stride=1, padding=radius) > 0
     boundary[..., :radius, :] = True
     boundary[..., -radius:, :] = True
     boundary[..., :radius] = True
@@ -240,7 +246,7 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.nd
                     record.latencies_ms.append(latency_ms)
                 del output
                 progress.update()
-    config, share = subject.generator.config, boundary_share(feeds[io_spec.LABEL])
+    config, share = subject.generator.config, boundary_share(feeds[io_spec.LABEL], feeds.get(io_spec.INSTANCE))
     rows = []
     for entry in built:
         record = calls[entry.runtime.name]
@@ -256,13 +262,15 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.nd
 
 
 def _add_ratios(rows: list[Row]) -> None:
-    """Speed-ups of every row against eager and against the fastest plain runtime at the same batch."""
+    """Speed-ups of every row against eager, each plain runtime and the fastest of those at the same batch."""
     for batch in {row.batch for row in rows}:
         same = [row for row in rows if row.batch == batch]
         eager = next((row for row in same if row.runtime == "eager"), None)
         plain = [row for row in same if RUNTIMES[row.runtime].plain]
         best = min(plain, key=lambda row: row.p50_ms) if plain else None
         for row in same:
+            row.speedup_vs = {baseline.runtime: baseline.p50_ms / row.p50_ms for baseline in [eager, *plain]
+                              if baseline is not None}
             if eager is not None:
                 row.speedup_vs_eager = eager.p50_ms / row.p50_ms
             if best is not None:

@@ -49,7 +49,8 @@ def render(directory: Path) -> Path:
     machine = next(iter(results.values()))["machine"]
     lines = [f"# SPADE benchmarks: {machine['cpu']}, {machine['cores']} cores, {machine['date'][:10]}", "",
              _machine_line(machine), "",
-             "Speed claims are ratios measured within one run: between runs this machine varies by ±10–15 %.", ""]
+             "Speed claims are ratios measured within one run: between runs this machine varies by ±10–15 %, and by "
+             "up to 2× in the slow phases of its shared host.", ""]
     for result in results.values():
         machine = result["machine"]
         lines += [f"The {KIND_TITLES[result['kind']]} run started {machine['date']} with a 1-min load average of "
@@ -127,6 +128,12 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
                     [[row["runtime"], row["batch"], row["p50_ms"], row["p95_ms"], row["p99_ms"], row["images_per_s"],
                       _ratio(row["speedup_vs_eager"]), _ratio(row["speedup_vs_best_plain"]),
                       f"{row['max_abs_diff']:.1e}", row["peak_mem_mb"]] for row in rows])
+    baselines = list(dict.fromkeys(name for row in rows for name in row.get("speedup_vs", {})))
+    if baselines:
+        lines += ["Speed-up against each baseline (its p50 / the runtime's p50, same batch):", ""]
+        lines += _table(["runtime", "batch"] + [f"× {name}" for name in baselines],
+                        [[row["runtime"], row["batch"]] + [_ratio(row["speedup_vs"].get(name)) for name in baselines]
+                         for row in rows])
     best = {row["batch"]: row["best_plain"] for row in rows if row["best_plain"]}
     if best:
         lines += ["Best plain runtime (the `× best plain` baseline): "

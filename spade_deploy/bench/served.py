@@ -139,7 +139,8 @@ def run_served(config: GeneratorConfig, *, height: int | None = None, width: int
              "batch_per_request": 1, "instances": options.instances, "intra_op_threads": options.intra_op_threads,
              "max_batch_size": options.max_batch_size, "requests_per_level": options.requests,
              "warmup_per_level": options.warmup, "rate_requests": options.rate_requests,
-             "label_maps": DISTINCT_MAPS, "boundary_share": boundary_share(feeds[io_spec.LABEL]), "seed": options.seed}
+             "label_maps": DISTINCT_MAPS, "seed": options.seed,
+             "boundary_share": boundary_share(feeds[io_spec.LABEL], feeds.get(io_spec.INSTANCE))}
     machine["load_average_1min_end"] = load_average()
     return {"kind": "served", "format_version": FORMAT_VERSION, "machine": machine, "setup": setup,
             "inprocess_batch1": inprocess, "serving_overhead": _serving_overhead(result["concurrency"], inprocess),

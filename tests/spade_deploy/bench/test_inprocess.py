@@ -19,7 +19,7 @@ from tests.spade_deploy.bench.conftest import TINY
 
 ROW_FIELDS = {"runtime", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff", "peak_mem_mb",
               "boundary_share", "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager",
-              "speedup_vs_best_plain", "best_plain", "latencies_ms"}
+              "speedup_vs_best_plain", "best_plain", "speedup_vs", "latencies_ms"}
 
 
 def test_every_available_runtime_is_timed_at_every_batch(inprocess_result: dict[str, Any]) -> None:
@@ -55,6 +55,8 @@ def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inproces
             assert row["speedup_vs_eager"] == pytest.approx(same["eager"]["p50_ms"] / row["p50_ms"])
             assert row["speedup_vs_best_plain"] == pytest.approx(same[best]["p50_ms"] / row["p50_ms"])
             assert row["best_plain"] == best
+            assert row["speedup_vs"] == {name: pytest.approx(same[name]["p50_ms"] / row["p50_ms"])
+                                         for name in ["eager", *plain]}
         assert same["eager"]["speedup_vs_eager"] == 1.0 and same[best]["speedup_vs_best_plain"] == 1.0
 
 
@@ -114,6 +116,10 @@ def test_boundary_share_counts_mixed_neighbourhoods_and_the_border() -> None:
     halves[:, :, 5:] = 1  # columns 3..6 see both labels
     inner = 6 * (6 - 4)  # interior 6x6 (rows/cols 2..7) minus the 4 mixed columns
     assert boundary_share(halves) == pytest.approx(1 - inner / 100)
+    # Instance edges count too: one label, two instances split like the halves above. Both sides of the split are
+    # edge pixels (columns 4 and 5), so every interior column is within 2 of an edge.
+    assert boundary_share(uniform, instances=halves) == 1.0
+    assert boundary_share(uniform, instances=np.zeros_like(uniform)) == pytest.approx(1 - 6 * 6 / 100)
 
 
 def test_graph_feeds_use_the_contract_dtypes_and_every_label() -> None:

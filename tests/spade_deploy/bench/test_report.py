@@ -18,6 +18,7 @@ def test_a_results_folder_holds_json_summary_and_chart(inprocess_result: dict[st
     assert summary.startswith("# SPADE benchmarks: ")
     assert inprocess_result["machine"]["versions"]["torch"] in summary
     assert "| runtime | batch | p50 ms | p95 ms | p99 ms | images/s | × eager | × best plain |" in summary
+    assert "| runtime | batch | × eager | × plain-ort |" in summary  # against each baseline
     for row in inprocess_result["rows"]:
         assert f"| {row['runtime']} | {row['batch']} |" in summary
     for entry in inprocess_result["skipped"]:
