@@ -7,8 +7,9 @@
 #    perf_analyzer beside our load generator;
 # 3. the boundary-sparse graph against eager PyTorch, the plain exports and our dense graph: ADE20K (batch 1 and 4,
 #    runtimes taking turns) and Cityscapes (512x256; batch 1 taking turns, batch 4 one runtime at a time, as the
-#    five do not fit in memory together), into DIR-sparse-ade20k, DIR-sparse-cityscapes, DIR-sparse-cityscapes-batch4.
-# About 50 minutes on a 2-core machine. Run it on an otherwise idle machine: the summaries flag a busy one.
+#    five do not fit in memory together), into DIR-sparse-ade20k, DIR-sparse-cityscapes, DIR-sparse-cityscapes-batch4;
+#    and ADE20K batch 1 on maps with 8 and 40 regions (DIR-sparse-ade20k-8-regions, ...-40-regions).
+# About 60 minutes on a 2-core machine. Run it on an otherwise idle machine: the summaries flag a busy one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slug=$(python -c "from spade_deploy.bench.machine import describe_machine, machine_slug; print(machine_slug(describe_machine(2)))")
@@ -23,4 +24,8 @@ spade-deploy bench --served --preset ade20k --ngf 16 --size 128x128 --concurrenc
 spade-deploy bench --preset ade20k --batch 1,4 "${sparse[@]}" --out "$out-sparse-ade20k"
 spade-deploy bench --preset cityscapes --batch 1 "${sparse[@]}" --out "$out-sparse-cityscapes"
 spade-deploy bench --preset cityscapes --batch 4 "${sparse[@]}" --one-at-a-time --out "$out-sparse-cityscapes-batch4"
+for regions in 8 40; do
+    spade-deploy bench --preset ade20k --batch 1 --runtimes eager,plain-ort,plain-openvino,sparse-ort "${common[@]}" \
+        --regions "$regions" --out "$out-sparse-ade20k-$regions-regions"
+done
 echo "results: $out/summary.md, $out-sparse-*/summary.md"
