@@ -5,8 +5,9 @@ A runner maps the deployment graph's inputs (`io_spec` names and wire dtypes: ui
 (+ float32 `z`)) to `image_float` `[N, 3, H, W]` float32, so every runtime is timed on the same inputs and compared
 with the same reference. Every runtime is capped at `Subject.threads` intra-op threads.
 
-Adding a runtime takes a build function and one `register` call; a new ONNX graph, one `GRAPHS` entry. The
-boundary-sparse graph of `spade_deploy.sparse` is registered this way (`sparse-*`).
+Adding a runtime takes a build function and one `register` call; every deployment graph of
+`onnx_export.GRAPHS` can be exported and run (`GRAPHS` here). The boundary-sparse graph of `spade_deploy.sparse` is
+registered this way (`sparse-*`).
 """
 from __future__ import annotations
 
