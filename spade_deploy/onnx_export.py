@@ -22,7 +22,7 @@ from spade_deploy.config import GeneratorConfig
 from spade_deploy.fold import fold_encoder, fold_generator, instance_edge_map
 from spade_deploy.labels import check_label_size
 from spade_deploy.networks import ConvEncoder, SPADEGenerator
-from spade_deploy.sparse import sparse_generator
+from spade_deploy.sparse import WINOGRAD_UP_TO, sparse_generator
 
 OPSET = 18
 METADATA_CONFIG = "spade_deploy.generator_config"
@@ -79,9 +79,10 @@ class DeployEncoder(nn.Module):
 
 
 GRAPHS = {
-    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window (fewest operations; ONNX Unique, "
-              "NonZero, Gather)",
-    "sparse-tensorrt": "boundary-sparse without the window deduplication: no ONNX Unique, so TensorRT builds it",
+    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window, Winograd main convs at low "
+              "resolution (fewest operations, for CPUs; ONNX Unique, NonZero, Gather)",
+    "sparse-tensorrt": "boundary-sparse without the window deduplication and direct convs: no ONNX Unique, so "
+                       "TensorRT builds it",
     "dense": "folded only (every op dense)",
     "plain": "the unmodified model (baselines only)",
 }
@@ -92,7 +93,9 @@ def generator_graph(generator: SPADEGenerator, *, graph: str = "sparse", height:
     """The deployment module of a generator (one of `GRAPHS`; the sparse ones are built for an export of height x
     width, which decides the resolutions where the sparse path pays)."""
     if graph in ("sparse", "sparse-tensorrt"):
-        core = sparse_generator(generator, height, width, unique_windows=graph == "sparse")
+        cpu = graph == "sparse"  # TensorRT cannot build Unique and picks its own conv algorithms (Winograd among them)
+        core = sparse_generator(generator, height, width, unique_windows=cpu,
+                                winograd_up_to=WINOGRAD_UP_TO if cpu else 0)
     elif graph == "dense":
         core = fold_generator(generator)
     elif graph == "plain":

@@ -11,7 +11,9 @@ with `code` a zero row outside the image (the conv's zero padding). So
   per pixel, for TensorRT, which cannot build Unique);
 - on B5, AB is a 9-row gather and sum (once per distinct 5x5 window), everywhere else a table look-up;
 - the modulation `x * A + B` runs channels last, the layout of the look-ups; ONNX Runtime folds the transposes
-  around it into the layout reorders of the neighbouring convs.
+  around it into the layout reorders of the neighbouring convs;
+- the block's own 3x3 convs run as Winograd F(2x2, 3x3) on those channels-last activations where that pays
+  (`spade_deploy.winograd`, WINOGRAD_UP_TO), the one rewrite here of work that does not depend on the labels.
 All of it is standard ONNX (NonZero, Gather, MatMul, CumSum, Where, MaxPool, Unique). Blocks at resolutions where
 most pixels are boundary keep the dense folded path (see DENSE_BELOW).
 """
@@ -26,12 +28,18 @@ from torch import nn
 from spade_deploy.config import GeneratorConfig
 from spade_deploy.fold import LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation
 from spade_deploy.networks import SPADE, SPADEGenerator, SPADEResBlock
+from spade_deploy.winograd import WinogradConv3x3
 
 # Blocks whose label map is smaller than this (on its shorter side) run dense: there nearly every pixel is near a
 # label boundary and the sparse bookkeeping costs about what it saves. Measured on ADE20K 256x256 (ONNX Runtime,
 # 2 threads, 16-region maps, same-process A/B): dense below 8, 16 and 32 px gave 1.20, 1.22 and 1.24 s per image,
 # within noise of each other (before window deduplication: 16 -> 2.81x, 32 -> 2.29x, 64 -> 2.08x the plain export).
 DENSE_BELOW = 16
+# Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd F(2x2, 3x3)
+# (spade_deploy.winograd). Same-process A/B on ADE20K 256x256 (ONNX Runtime, 2 threads, 16-region map, 20 alternating
+# calls each): up to 32, 64, 128, 256 px gave 1.03, 1.01, 1.03, 1.09 s median; up to 64 against none 1.10 vs 1.24 s.
+# The cost is size: the Winograd weights are 16/9 of the 3x3 ones (ADE20K ngf 64: 397 -> 542 MB).
+WINOGRAD_UP_TO = 64
 
 
 class Level:
@@ -124,7 +132,8 @@ class SparseResBlock(nn.Module):
     """A SPADE residual block whose SPADEs share the label bookkeeping of their resolution and one look-up of their
     hidden activations."""
 
-    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True) -> None:
+    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
+                 winograd: bool = False) -> None:
         super().__init__()
         dense = FoldedResBlock(block, config)
         num_labels = config.num_label_channels
@@ -142,10 +151,11 @@ class SparseResBlock(nn.Module):
         mods = [SparseModulation(spade, class_actv[:, i * self.hidden:(i + 1) * self.hidden])
                 for i, spade in enumerate(spades)]
         self.mod_0, self.mod_1 = mods[0], mods[1]
-        self.conv_0, self.conv_1 = dense.conv_0, dense.conv_1
+        main = WinogradConv3x3 if winograd else ChannelsLastConv
+        self.conv_0, self.conv_1 = main(dense.conv_0), main(dense.conv_1)
         self.learned_shortcut = block.learned_shortcut
         if self.learned_shortcut:
-            self.mod_s, self.conv_s = mods[2], dense.conv_s
+            self.mod_s, self.conv_s = mods[2], ChannelsLastConv(dense.conv_s)
         norm = block.norm_0.param_free_norm  # the same kind and eps in every SPADE of a block
         self.instance_norm_eps = norm.eps if isinstance(norm, nn.InstanceNorm2d) else None
 
@@ -160,15 +170,26 @@ class SparseResBlock(nn.Module):
         # The modulations run channels last, like their table look-ups: ONNX Runtime folds the transposes next to
         # the convs into the convs' own layout reorders, so only the block input is transposed.
         x_last = _last(self.normalize(x))
-        x_s = self.conv_s(_first(self.mod_s(x_last, actv[2], level))) if self.learned_shortcut else x
-        dx = self.conv_0(_first(F.leaky_relu(self.mod_0(x_last, actv[0], level), LEAKY_SLOPE)))
-        dx = self.conv_1(_first(F.leaky_relu(self.mod_1(_last(self.normalize(dx)), actv[1], level), LEAKY_SLOPE)))
-        return x_s + dx
+        x_s = _first(self.conv_s(self.mod_s(x_last, actv[2], level))) if self.learned_shortcut else x
+        dx = _first(self.conv_0(F.leaky_relu(self.mod_0(x_last, actv[0], level), LEAKY_SLOPE)))
+        dx = self.conv_1(F.leaky_relu(self.mod_1(_last(self.normalize(dx)), actv[1], level), LEAKY_SLOPE))
+        return x_s + _first(dx)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The SPADEs' parameter-free norm where it is instance norm (batch norm is folded into the tables); one
         for the SPADEs that share an input."""
         return x if self.instance_norm_eps is None else F.instance_norm(x, eps=self.instance_norm_eps)
+
+
+class ChannelsLastConv(nn.Module):
+    """A conv on channels-last tensors, `[N, h, w, C]` -> `[N, h, w, O]`, like `WinogradConv3x3`."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _last(self.conv(_first(x)))
 
 
 def _last(x: torch.Tensor) -> torch.Tensor:
@@ -182,10 +203,12 @@ def _first(x: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
-                     dense_below: int = DENSE_BELOW, unique_windows: bool = True) -> FoldedGenerator:
+                     dense_below: int = DENSE_BELOW, unique_windows: bool = True,
+                     winograd_up_to: int = WINOGRAD_UP_TO) -> FoldedGenerator:
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
     (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
-    window deduplication (ONNX Unique) so that TensorRT can build the graph."""
+    window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
+    most `winograd_up_to` on their shorter side (and even in both) run as Winograd F(2x2, 3x3); 0 turns it off."""
     graph = FoldedGenerator(generator)
     if generator.config.spade_kernel != 3:
         warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
@@ -194,6 +217,9 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     default_height, default_width = generator.config.image_size
     height, width = height or default_height, width or default_width
     for index, (name, factor) in enumerate(zip(graph.block_names, graph.factors)):
-        if min(height, width) // factor >= dense_below:
-            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows)
+        block_height, block_width = height // factor, width // factor
+        if min(block_height, block_width) >= dense_below:
+            winograd = (min(block_height, block_width) <= winograd_up_to and block_height % 2 == 0
+                        and block_width % 2 == 0)
+            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows, winograd)
     return graph.eval()

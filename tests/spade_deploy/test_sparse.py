@@ -1,4 +1,4 @@
-"""The boundary-sparse graph, with and without its window deduplication, computes the dense folded graph's (and the
+"""The boundary-sparse graph, with and without its window deduplication and Winograd convs, computes the dense folded graph's (and the
 eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many regions, one
 region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak across
 images)."""
@@ -16,6 +16,7 @@ from spade_deploy.onnx_export import export_generator_onnx
 from spade_deploy.runtime import OnnxGenerator
 from spade_deploy.sparse import Level, SparseResBlock, sparse_generator
 from spade_deploy.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
+from spade_deploy.winograd import WinogradConv3x3
 from tests.spade_deploy.test_fold import VARIANTS
 
 TOLERANCE = 1e-4
@@ -41,12 +42,15 @@ def label_maps(config: GeneratorConfig) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module", params=SPARSE_VARIANTS, ids=[name for name, _ in SPARSE_VARIANTS])
 def models(request):
-    """(eager, dense folded, all-blocks-sparse with and without window deduplication) for one variant."""
+    """(eager, dense folded, all-blocks-sparse as in the `sparse` and the `sparse-tensorrt` graph) for one variant."""
     config = request.param[1]
     generator = random_generator(config, seed=9)
-    # Every block sparse, down to the 1x1 latent grid.
-    sparse = [sparse_generator(generator, dense_below=1, unique_windows=unique) for unique in (True, False)]
+    # Every block sparse, down to the 1x1 latent grid; Winograd main convs wherever the block size is even.
+    sparse = [sparse_generator(generator, dense_below=1),
+              sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
+    winograd = [[isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks] for graph in sparse]
+    assert any(winograd[0]) and not any(winograd[1])
     return generator, FoldedGenerator(generator).eval(), sparse
 
 
@@ -103,3 +107,15 @@ def test_other_spade_kernels_stay_dense():
     with pytest.warns(UserWarning, match="needs 3x3 SPADE kernels.*every block stays dense"):
         graph = sparse_generator(generator, dense_below=1)
     assert not any(isinstance(block, SparseResBlock) for block in graph.blocks)
+
+
+def test_winograd_only_where_chosen():
+    """Winograd main convs in the sparse blocks up to `winograd_up_to` px with even sides; direct convs elsewhere."""
+    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=128, aspect_ratio=2.0), seed=1)
+    graph = sparse_generator(generator, 64, 96, dense_below=1, winograd_up_to=16)
+    sizes = {name: (64 // factor, 96 // factor) for name, factor in zip(graph.block_names, graph.factors)}
+    for name, block in zip(graph.block_names, graph.blocks):
+        height, width = sizes[name]
+        expected = min(height, width) <= 16 and height % 2 == 0 and width % 2 == 0
+        assert isinstance(block.conv_0, WinogradConv3x3) == expected == isinstance(block.conv_1, WinogradConv3x3)
+    assert any(isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks)
