@@ -167,8 +167,9 @@ class SparseResBlock(nn.Module):
         if self.edge_weight is not None:
             actv = actv + level.window_edges @ self.edge_weight
         actv = torch.cat([actv.new_zeros(1, actv.shape[1]), F.relu(actv)]).split(self.hidden, dim=1)
-        # The modulations run channels last, like their table look-ups: ONNX Runtime folds the transposes next to
-        # the convs into the convs' own layout reorders, so only the block input is transposed.
+        # The modulations and the convs run channels last, like the table look-ups: ONNX Runtime folds the transposes
+        # next to direct convs into their own layout reorders and cancels the pairs around Winograd ones, so only the
+        # block's input and output are transposed.
         x_last = _last(self.normalize(x))
         x_s = _first(self.conv_s(self.mod_s(x_last, actv[2], level))) if self.learned_shortcut else x
         dx = _first(self.conv_0(F.leaky_relu(self.mod_0(x_last, actv[0], level), LEAKY_SLOPE)))

@@ -40,9 +40,9 @@ class WinogradConv3x3(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1),
-                                                                                          (1, 1), 1):
-            raise ValueError(f"WinogradConv3x3 needs a 3x3 conv with stride 1, padding 1, no dilation or groups; "
+        shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+        if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
+            raise ValueError(f"WinogradConv3x3 needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; "
                              f"got {conv}")
         weight = conv.weight.detach().double()  # [O, C, 3, 3]
         self.out_channels = weight.shape[0]

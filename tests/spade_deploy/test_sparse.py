@@ -1,7 +1,7 @@
-"""The boundary-sparse graph, with and without its window deduplication and Winograd convs, computes the dense folded graph's (and the
-eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many regions, one
-region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak across
-images)."""
+"""The boundary-sparse graph, with and without its window deduplication and Winograd convs, computes the dense folded
+graph's (and the eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many
+regions, one region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak
+across images)."""
 from __future__ import annotations
 
 import numpy as np

@@ -61,8 +61,9 @@ def test_onnx_runtime(tmp_path):
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 5, padding=2),
-                                  nn.Conv2d(4, 4, 3, padding=0), nn.Conv2d(4, 4, 3, padding=1, groups=2)],
-                         ids=["stride-2", "5x5", "no-padding", "groups"])
+                                  nn.Conv2d(4, 4, 3, padding=0), nn.Conv2d(4, 4, 3, padding=1, groups=2),
+                                  nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")],
+                         ids=["stride-2", "5x5", "no-padding", "groups", "reflect-padding"])
 def test_rejects_other_convs(conv):
-    with pytest.raises(ValueError, match="needs a 3x3 conv with stride 1, padding 1"):
+    with pytest.raises(ValueError, match="needs a 3x3 conv with stride 1, zero padding 1"):
         WinogradConv3x3(conv)
