@@ -120,6 +120,8 @@ class Modulation(nn.Module):
 class FoldedResBlock(nn.Module):
     """A SPADE residual block with its three SPADEs' shared convs fused into one label look-up."""
 
+    channels_last = False  # layout of the activations it takes and returns: [N, C, h, w]
+
     def __init__(self, block: SPADEResBlock, config: GeneratorConfig) -> None:
         super().__init__()
         spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
@@ -150,7 +152,9 @@ class FoldedGenerator(nn.Module):
     eager generator on `to_semantic_input(labels, instances)`, with none of the one-hot work.
 
     `blocks[i]` runs on the label map subsampled by `factors[i]`; a block may be swapped for another type with the
-    same `prepare` / `forward` interface (the boundary-sparse block of `spade_deploy.sparse`).
+    same `prepare` / `forward` interface (the boundary-sparse block of `spade_deploy.sparse`), whose `channels_last`
+    says the layout of the activations it takes and returns; the activations change layout only between blocks that
+    differ, before upsampling (where they are smallest).
     """
 
     def __init__(self, generator: SPADEGenerator) -> None:
@@ -191,14 +195,27 @@ class FoldedGenerator(nn.Module):
             small, small_edge = subsample(2 ** config.num_upsamplings)
             x = self.fc(F.pad(small, (1, 1, 1, 1), value=config.num_label_channels), small_edge)  # fc is 3x3
         levels: dict[tuple[type, int], object] = {}
+        channels_last = False
         for block, up, factor in zip(self.blocks, self.ups, self.factors):
+            if block.channels_last != channels_last:
+                channels_last = block.channels_last
+                x = x.permute(0, 2, 3, 1) if channels_last else x.permute(0, 3, 1, 2)
             if up:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = upsample_last(x) if channels_last else F.interpolate(x, scale_factor=2, mode="nearest")
             key = (type(block), factor)
             if key not in levels:
                 levels[key] = block.prepare(*subsample(factor))
             x = block(x, levels[key])
+        if channels_last:
+            x = x.permute(0, 3, 1, 2)
         return torch.tanh(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE)))
+
+
+def upsample_last(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x upsampling of channels-last `[N, h, w, C]` -> `[N, 2h, 2w, C]` (one Expand in ONNX: no layout
+    change, unlike Resize, which works on NCHW)."""
+    n, h, w, c = x.shape
+    return x[:, :, None, :, None, :].expand(n, h, 2, w, 2, c).reshape(n, 2 * h, 2 * w, c)
 
 
 def instance_edge_map(instance: torch.Tensor) -> torch.Tensor:

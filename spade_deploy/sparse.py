@@ -10,8 +10,9 @@ with `code` a zero row outside the image (the conv's zero padding). So
   window: along a boundary the same few window patterns repeat (ONNX Unique; `unique_windows=False` keeps one row
   per pixel, for TensorRT, which cannot build Unique);
 - on B5, AB is a 9-row gather and sum (once per distinct 5x5 window), everywhere else a table look-up;
-- the modulation `x * A + B` runs channels last, the layout of the look-ups; ONNX Runtime folds the transposes
-  around it into the layout reorders of the neighbouring convs;
+- the modulation `x * A + B` runs channels last, the layout of the look-ups, and so do the activations between
+  sparse blocks (upsampling included: `fold.upsample_last`); ONNX Runtime folds the transposes around direct convs
+  into their layout reorders;
 - the block's own 3x3 convs run as Winograd F(2x2, 3x3) on those channels-last activations where that pays
   (`spade_deploy.winograd`, WINOGRAD_UP_TO), the one rewrite here of work that does not depend on the labels.
 All of it is standard ONNX (NonZero, Gather, MatMul, CumSum, Where, MaxPool, Unique). Blocks at resolutions where
@@ -130,7 +131,9 @@ class SparseModulation(nn.Module):
 
 class SparseResBlock(nn.Module):
     """A SPADE residual block whose SPADEs share the label bookkeeping of their resolution and one look-up of their
-    hidden activations."""
+    hidden activations. It takes and returns channels-last activations `[N, h, w, C]`, the layout of the look-ups."""
+
+    channels_last = True
 
     def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
                  winograd: bool = False) -> None:
@@ -163,23 +166,27 @@ class SparseResBlock(nn.Module):
         return Level(labels, edge, self.num_labels, self.unique_windows)
 
     def forward(self, x: torch.Tensor, level: Level) -> torch.Tensor:
+        # x: [N, h, w, C]. The modulations and the convs run channels last too: ONNX Runtime folds the transposes
+        # next to direct convs into their own layout reorders and cancels the pairs around Winograd ones.
         actv = F.embedding(level.window_label_rows, self.label_taps).sum(1) + self.shared_bias  # [U, 3 * hidden]
         if self.edge_weight is not None:
             actv = actv + level.window_edges @ self.edge_weight
         actv = torch.cat([actv.new_zeros(1, actv.shape[1]), F.relu(actv)]).split(self.hidden, dim=1)
-        # The modulations and the convs run channels last, like the table look-ups: ONNX Runtime folds the transposes
-        # next to direct convs into their own layout reorders and cancels the pairs around Winograd ones, so only the
-        # block's input and output are transposed.
-        x_last = _last(self.normalize(x))
-        x_s = _first(self.conv_s(self.mod_s(x_last, actv[2], level))) if self.learned_shortcut else x
-        dx = _first(self.conv_0(F.leaky_relu(self.mod_0(x_last, actv[0], level), LEAKY_SLOPE)))
-        dx = self.conv_1(F.leaky_relu(self.mod_1(_last(self.normalize(dx)), actv[1], level), LEAKY_SLOPE))
-        return x_s + _first(dx)
+        normalized = self.normalize(x)
+        x_s = self.conv_s(self.mod_s(normalized, actv[2], level)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.mod_0(normalized, actv[0], level), LEAKY_SLOPE))
+        dx = self.conv_1(F.leaky_relu(self.mod_1(self.normalize(dx), actv[1], level), LEAKY_SLOPE))
+        return x_s + dx
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The SPADEs' parameter-free norm where it is instance norm (batch norm is folded into the tables); one
         for the SPADEs that share an input."""
-        return x if self.instance_norm_eps is None else F.instance_norm(x, eps=self.instance_norm_eps)
+        if self.instance_norm_eps is None:
+            return x
+        # A unit scale and zero shift given explicitly: without them the ONNX exporter needs a static channel count,
+        # which it loses through the reshape of `fold.upsample_last`.
+        ones = x.new_ones(x.shape[-1])
+        return _last(F.instance_norm(_first(x), weight=ones, bias=torch.zeros_like(ones), eps=self.instance_norm_eps))
 
 
 class ChannelsLastConv(nn.Module):
