@@ -9,23 +9,24 @@
 #    runtimes taking turns) and Cityscapes (512x256; batch 1 taking turns, batch 4 one runtime at a time, as the
 #    five do not fit in memory together), into DIR-sparse-ade20k, DIR-sparse-cityscapes, DIR-sparse-cityscapes-batch4;
 #    and ADE20K batch 1 on maps with 8 and 40 regions (DIR-sparse-ade20k-8-regions, ...-40-regions).
-# About 70 minutes on a 2-core machine. Run it on an otherwise idle machine: the summaries flag a busy one.
+# About 75 minutes on a 2-core machine. Run it on an otherwise idle machine: the summaries flag a busy one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slug=$(python -c "from spade_deploy.bench.machine import describe_machine, machine_slug; print(machine_slug(describe_machine(2)))")
 out=${1:-benchmarks/results/$(date -u +%F)-$slug}
 common=(--repeats 3 --warmup 1 --threads 2)
-# 5 timed calls where a run fits in a few minutes; Cityscapes batch 4, one runtime at a time, keeps 3.
-sparse=(--runtimes eager,plain-ort,plain-openvino,ort,sparse-ort --repeats 5 --warmup 1 --threads 2)
+# The sparse runs: more timed calls where they are cheap, as this shared host varies from call to call (ADE20K 10,
+# Cityscapes batch 1 and the region counts 5, Cityscapes batch 4 3).
+sparse=(--runtimes eager,plain-ort,plain-openvino,ort,sparse-ort --warmup 1 --threads 2)
 
 spade-deploy bench --preset ade20k --ngf 64 --size 256x256 --batch 1,4 \
     --runtimes eager,folded-torch,plain-ort,plain-openvino,ort,openvino "${common[@]}" --out "$out"
 spade-deploy bench --served --preset ade20k --ngf 16 --size 128x128 --concurrency 1,2,4,8 --requests 48 \
     --rate-requests 48 --perf-analyzer --out "$out"
-spade-deploy bench --preset ade20k --batch 1,4 "${sparse[@]}" --out "$out-sparse-ade20k"
-spade-deploy bench --preset cityscapes --batch 1 "${sparse[@]}" --out "$out-sparse-cityscapes"
-spade-deploy bench --preset cityscapes --batch 4 --runtimes eager,plain-ort,plain-openvino,ort,sparse-ort "${common[@]}" \
-    --one-at-a-time --out "$out-sparse-cityscapes-batch4"
+spade-deploy bench --preset ade20k --batch 1,4 "${sparse[@]}" --repeats 10 --out "$out-sparse-ade20k"
+spade-deploy bench --preset cityscapes --batch 1 "${sparse[@]}" --repeats 5 --out "$out-sparse-cityscapes"
+spade-deploy bench --preset cityscapes --batch 4 "${sparse[@]}" --repeats 3 --one-at-a-time \
+    --out "$out-sparse-cityscapes-batch4"
 for regions in 8 40; do
     spade-deploy bench --preset ade20k --batch 1 --runtimes eager,plain-ort,plain-openvino,sparse-ort --repeats 5 \
         --warmup 1 --threads 2 --regions "$regions" --out "$out-sparse-ade20k-$regions-regions"
