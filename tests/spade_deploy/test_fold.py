@@ -8,7 +8,7 @@ import torch
 
 from spade_deploy import io_spec
 from spade_deploy.config import EncoderConfig, GeneratorConfig
-from spade_deploy.fold import fold_encoder, fold_generator
+from spade_deploy.fold import fold_encoder, fold_generator, upsample_last
 from spade_deploy.images import rgb_to_tensor
 from spade_deploy.labels import to_semantic_input
 from spade_deploy.onnx_export import export_encoder_onnx, export_generator_onnx, read_export_metadata
@@ -151,6 +151,12 @@ def test_batch_norm_folding_uses_running_statistics():
         eager = generator(to_semantic_input(labels, instances, config))
         folded = fold_generator(generator)(torch.from_numpy(labels), torch.from_numpy(instances))
     assert (eager - folded).abs().max() <= TOLERANCE
+
+
+def test_upsample_last_is_nearest_upsampling_channels_last():
+    x = torch.randn(2, 3, 5, 4)  # [N, h, w, C]
+    expected = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
+    assert torch.equal(upsample_last(x), expected.permute(0, 2, 3, 1))
 
 
 class TestRuntimeRejectsBadInput:
