@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 slug=$(python -c "from spade_deploy.bench.machine import describe_machine, machine_slug; print(machine_slug(describe_machine(2)))")
 out=${1:-benchmarks/results/$(date -u +%F)-$slug}
 common=(--repeats 3 --warmup 1 --threads 2)
-# The sparse runs: more timed calls where they are cheap, as this shared host varies from call to call (ADE20K 10,
-# Cityscapes batch 1 and the region counts 5, Cityscapes batch 4 3).
+# The sparse runs: more timed calls where they are cheap, as this shared host varies from call to call (ADE20K: 10;
+# Cityscapes batch 1 and the region counts: 5; Cityscapes batch 4: 3).
 sparse=(--runtimes eager,plain-ort,plain-openvino,ort,sparse-ort --warmup 1 --threads 2)
 
 spade-deploy bench --preset ade20k --ngf 64 --size 256x256 --batch 1,4 \

@@ -199,7 +199,7 @@ class FoldedGenerator(nn.Module):
         for block, up, factor in zip(self.blocks, self.ups, self.factors):
             if block.channels_last != channels_last:
                 channels_last = block.channels_last
-                x = x.permute(0, 2, 3, 1) if channels_last else x.permute(0, 3, 1, 2)
+                x = to_channels_last(x) if channels_last else to_channels_first(x)
             if up:
                 x = upsample_last(x) if channels_last else F.interpolate(x, scale_factor=2, mode="nearest")
             key = (type(block), factor)
@@ -207,8 +207,18 @@ class FoldedGenerator(nn.Module):
                 levels[key] = block.prepare(*subsample(factor))
             x = block(x, levels[key])
         if channels_last:
-            x = x.permute(0, 3, 1, 2)
+            x = to_channels_first(x)
         return torch.tanh(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE)))
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] -> [N, h, w, C]"""
+    return x.permute(0, 2, 3, 1)
+
+
+def to_channels_first(x: torch.Tensor) -> torch.Tensor:
+    """[N, h, w, C] -> [N, C, h, w]"""
+    return x.permute(0, 3, 1, 2)
 
 
 def upsample_last(x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spade_deploy.config import GeneratorConfig
-from spade_deploy.fold import LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation
+from spade_deploy.fold import (LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation, to_channels_first,
+                               to_channels_last)
 from spade_deploy.networks import SPADE, SPADEGenerator, SPADEResBlock
 from spade_deploy.winograd import WinogradConv3x3
 
@@ -186,7 +187,9 @@ class SparseResBlock(nn.Module):
         # A unit scale and zero shift given explicitly: without them the ONNX exporter needs a static channel count,
         # which it loses through the reshape of `fold.upsample_last`.
         ones = x.new_ones(x.shape[-1])
-        return _last(F.instance_norm(_first(x), weight=ones, bias=torch.zeros_like(ones), eps=self.instance_norm_eps))
+        normalized = F.instance_norm(to_channels_first(x), weight=ones, bias=torch.zeros_like(ones),
+                                     eps=self.instance_norm_eps)
+        return to_channels_last(normalized)
 
 
 class ChannelsLastConv(nn.Module):
@@ -197,17 +200,7 @@ class ChannelsLastConv(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _last(self.conv(_first(x)))
-
-
-def _last(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, h, w] -> [N, h, w, C]"""
-    return x.permute(0, 2, 3, 1)
-
-
-def _first(x: torch.Tensor) -> torch.Tensor:
-    """[N, h, w, C] -> [N, C, h, w]"""
-    return x.permute(0, 3, 1, 2)
+        return to_channels_last(self.conv(to_channels_first(x)))
 
 
 def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
