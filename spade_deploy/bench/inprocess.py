@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from export.onnx import step
 from spade_deploy import io_spec
-from spade_deploy.bench.machine import (describe_machine, load_average, peak_resident_mb, reset_peak_resident,
-                                        resident_mb)
+from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_machine, load_average, peak_resident_mb,
+                                        reset_peak_resident, resident_mb)
 from spade_deploy.bench.runtimes import GRAPHS, RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.config import GeneratorConfig
 from spade_deploy.fold import instance_edge_map
@@ -176,6 +176,7 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
         raise ValueError(f"none of the chosen runtimes can run here: {skipped}")
     torch.set_num_threads(options.threads)
     machine = describe_machine(options.threads)
+    cpu_start = cpu_times()
 
     with tempfile.TemporaryDirectory(prefix="spade-bench-") as temporary:
         workdir = Path(workdir or temporary)
@@ -209,6 +210,7 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
              "label_maps": f"synthetic, {options.regions} irregular regions each", "regions": options.regions,
              "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
     machine["load_average_1min_end"] = load_average()
+    machine |= cpu_competition(cpu_start, machine["cores"])
     return {"kind": "inprocess", "format_version": FORMAT_VERSION, "machine": machine,
             "setup": setup, "rows": [asdict(row) for row in rows], "skipped": skipped}
 

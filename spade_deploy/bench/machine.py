@@ -1,4 +1,9 @@
-"""What a benchmark ran on (recorded beside every number), and the process's resident memory for peak-memory figures.
+"""What a benchmark ran on (recorded beside every number), how much of the CPU others took meanwhile, and the
+process's resident memory for peak-memory figures.
+
+Competition comes from Linux's /proc/stat (the machine's busy and steal time) against this process's own CPU time
+and that of its waited-for children (a benchmark's Triton server and perf_analyzer). The load average cannot tell:
+it counts the benchmark's own threads and, for a minute, those of the run before it.
 
 Resident memory comes from Linux's /proc/self/status (`VmRSS`, and the high-water mark `VmHWM`); writing 5 to
 /proc/self/clear_refs resets the high-water mark, so a peak can be taken over one stage instead of the whole process.
@@ -13,12 +18,16 @@ import importlib.metadata
 import os
 import platform
 import re
+import resource
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _MEMINFO = Path("/proc/meminfo")
+_PROC_STAT = Path("/proc/stat")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _RESET_PEAK = "5"  # clear_refs code: reset the peak resident set size (Linux >= 4.0)
 _VERSIONS = ("torch", "onnxruntime", "openvino", "numpy", "onnx", "tritonclient", "nvidia-pytriton")
@@ -50,11 +59,48 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds so far, for `cpu_competition`."""
+    busy_s: float  # every CPU of the machine, every process
+    steal_s: float  # time the hypervisor gave to other guests of the host
+    own_s: float  # this process and its waited-for children
+    wall_s: float
+
+
+def cpu_times() -> CpuTimes | None:
+    """The counters now; None where /proc/stat cannot be read."""
+    try:
+        ticks = [int(value) for value in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks  # guest time is already inside user and nice
+    per_second = os.sysconf("SC_CLK_TCK")
+    own = sum(usage.ru_utime + usage.ru_stime for usage in (resource.getrusage(resource.RUSAGE_SELF),
+                                                             resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return CpuTimes((user + nice + system + irq + softirq) / per_second, steal / per_second, own, time.monotonic())
+
+
+def cpu_competition(start: CpuTimes | None, cores: int) -> dict[str, float]:
+    """Shares of the machine's CPU capacity (cores x wall time) since `start` that went to other processes
+    (`cpu_others_share`) and, by the hypervisor, to other guests (`cpu_steal_share`); empty where not measurable."""
+    end = cpu_times()
+    if start is None or end is None or end.wall_s <= start.wall_s:
+        return {}
+    capacity = cores * (end.wall_s - start.wall_s)
+    others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+    return {"cpu_others_share": round(min(max(others / capacity, 0.0), 1.0), 3),
+            "cpu_steal_share": round(min((end.steal_s - start.steal_s) / capacity, 1.0), 3)}
+
+
 def machine_slug(machine: dict[str, Any]) -> str:
-    """Short folder-name form of a machine, e.g. `amd-epyc-2c`."""
+    """Short folder-name form of a machine, e.g. `amd-epyc-f25m17-2c`. The CPU family and model are part of it:
+    virtual machines often show only a brand ("AMD EPYC") for CPUs of different generations, whose results differ."""
     name = re.sub(r"\((r|tm)\)|cpu|processor|@.*", "", machine["cpu"].lower())
     name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-    return f"{name}-{machine['cores']}c"
+    ids = re.fullmatch(r"family (\d+) model (\d+)", machine.get("cpu_id", ""))
+    generation = f"f{ids[1]}m{ids[2]}" if ids else ""
+    return "-".join(part for part in (name, generation, f"{machine['cores']}c") if part)
 
 
 def resident_mb() -> float | None:

@@ -22,6 +22,7 @@ KIND_TITLES = {"inprocess": "in-process", "served": "served"}
 SUMMARY = "summary.md"
 LATENCY_CHART = "latency_vs_batch.png"
 SERVED_CHART = "throughput_vs_concurrency.png"
+BUSY_SHARE = 0.1  # of the machine's CPU time taken by others during a run: beyond it, the summary warns
 
 
 def write_result(directory: Path, result: dict[str, Any]) -> Path:
@@ -53,9 +54,11 @@ def render(directory: Path) -> Path:
              "up to 2× in the slow phases of its shared host.", ""]
     for result in results.values():
         machine = result["machine"]
+        competition = _competition(machine)
         lines += [f"The {KIND_TITLES[result['kind']]} run started {machine['date']} with a 1-min load average of "
                   f"{machine['load_average_1min']} and ended with {machine.get('load_average_1min_end', 'n/a')} (its "
-                  f"own {machine['threads']} threads included).", ""]
+                  f"own {machine['threads']} threads included){'; meanwhile ' + competition if competition else ''}.",
+                  ""]
         lines += [warning for warning in [_busy_warning(result)] if warning]
     if "inprocess" in results:
         latency_chart(results["inprocess"], directory / LATENCY_CHART)
@@ -84,17 +87,31 @@ def _machine_line(machine: dict[str, Any]) -> str:
             f"{versions}; git {machine['git']}.")
 
 
+def _competition(machine: dict[str, Any]) -> str:
+    """What others took of the CPU during the run ("" for results recorded before that was)."""
+    if "cpu_others_share" not in machine:
+        return ""
+    return (f"other processes took {machine['cpu_others_share']:.0%} of the machine's CPU time, and other guests of "
+            f"the host {machine['cpu_steal_share']:.0%} (steal)")
+
+
 def _busy_warning(result: dict[str, Any]) -> str | None:
-    """A warning line when other work ran on the machine during a benchmark: the 1-min load average above half the
-    cores at the start, or at the end beyond the benchmark's own threads (which the end value includes)."""
+    """A warning line when other work competed with a benchmark: other processes, or other guests of the host, took
+    more than BUSY_SHARE of the machine's CPU time during the run. Results recorded before those shares were judged
+    by the 1-min load average: above half the cores at the start, or at the end beyond the benchmark's own threads."""
     machine = result["machine"]
-    start, end = machine["load_average_1min"], machine.get("load_average_1min_end", 0.0)
-    if max(start, end - machine["threads"]) <= machine["cores"] / 2:
-        return None
-    return (f"**Warning: the machine was busy during the {KIND_TITLES[result['kind']]} run (1-min load average "
-            f"{start} at the start, {end} at the end with its own {machine['threads']} threads, on "
-            f"{machine['cores']} cores): its absolute times are inflated and its ratios noisier than on an idle "
-            f"machine.**\n")
+    if "cpu_others_share" in machine:
+        if max(machine["cpu_others_share"], machine["cpu_steal_share"]) <= BUSY_SHARE:
+            return None
+        what = _competition(machine)
+    else:
+        start, end = machine["load_average_1min"], machine.get("load_average_1min_end", 0.0)
+        if max(start, end - machine["threads"]) <= machine["cores"] / 2:
+            return None
+        what = (f"1-min load average {start} at the start, {end} at the end with its own {machine['threads']} "
+                f"threads, on {machine['cores']} cores")
+    return (f"**Warning: the machine was busy during the {KIND_TITLES[result['kind']]} run ({what}): its absolute "
+            f"times are inflated and its ratios noisier than on an idle machine.**\n")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

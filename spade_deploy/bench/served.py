@@ -39,7 +39,7 @@ from tritonclient.utils import np_to_triton_dtype
 from export.onnx import step
 from spade_deploy import io_spec
 from spade_deploy.bench.inprocess import boundary_share, graph_feeds, measure
-from spade_deploy.bench.machine import describe_machine, load_average
+from spade_deploy.bench.machine import cpu_competition, cpu_times, describe_machine, load_average
 from spade_deploy.bench.perf_analyzer import PerfAnalyzerError, run_perf_analyzer, write_input_data
 from spade_deploy.client import AsyncSpadeClient, SpadeClientError
 from spade_deploy.config import GeneratorConfig
@@ -111,6 +111,7 @@ def run_served(config: GeneratorConfig, *, height: int | None = None, width: int
     height, width = height or default_height, width or default_width
     check_label_size(height, width, config)
     machine = describe_machine(options.instances * options.intra_op_threads)
+    cpu_start = cpu_times()
     with tempfile.TemporaryDirectory(prefix="spade-bench-served-") as temporary:
         workdir = Path(workdir or temporary)
         with step("random generator, ONNX export, Triton repository"):
@@ -142,6 +143,7 @@ def run_served(config: GeneratorConfig, *, height: int | None = None, width: int
              "label_maps": DISTINCT_MAPS, "seed": options.seed,
              "boundary_share": boundary_share(feeds[io_spec.LABEL], feeds.get(io_spec.INSTANCE))}
     machine["load_average_1min_end"] = load_average()
+    machine |= cpu_competition(cpu_start, machine["cores"])
     return {"kind": "served", "format_version": FORMAT_VERSION, "machine": machine, "setup": setup,
             "inprocess_batch1": inprocess, "serving_overhead": _serving_overhead(result["concurrency"], inprocess),
             "wire_bytes": wire_bytes(config, height, width), **result}

@@ -65,6 +65,7 @@ def test_the_machine_and_setup_are_recorded(inprocess_result: dict[str, Any]) ->
     assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 2
     assert {"torch", "onnxruntime", "numpy"} <= set(machine["versions"])
     assert machine["date"][:2] == "20"
+    assert 0.0 <= machine["cpu_others_share"] <= 1.0 and 0.0 <= machine["cpu_steal_share"] <= 1.0
     assert setup["threads"] == 2 and setup["batches"] == [1, 2] and setup["warmup"] == 1
 
 

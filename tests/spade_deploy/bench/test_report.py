@@ -28,10 +28,36 @@ def test_a_results_folder_holds_json_summary_and_chart(inprocess_result: dict[st
         assert chart.format == "PNG" and chart.width >= 800
 
 
+def _with_machine(result: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    copy = json.loads(json.dumps(result))
+    copy["machine"] |= fields
+    return copy
+
+
 def test_a_busy_machine_is_flagged(inprocess_result: dict[str, Any], tmp_path: Path) -> None:
-    busy = json.loads(json.dumps(inprocess_result))
-    busy["machine"]["load_average_1min_end"] = busy["machine"]["threads"] + busy["machine"]["cores"]
-    assert "the machine was busy" in report.write_result(tmp_path, busy).read_text()
+    """Other processes, or other guests of the host, taking more than a tenth of the CPU time."""
+    for fields in ({"cpu_others_share": 0.5, "cpu_steal_share": 0.0}, {"cpu_others_share": 0.0, "cpu_steal_share": 0.3}):
+        summary = report.write_result(tmp_path, _with_machine(inprocess_result, **fields)).read_text()
+        assert "the machine was busy" in summary
+
+
+def test_back_to_back_runs_are_not_flagged(inprocess_result: dict[str, Any], tmp_path: Path) -> None:
+    """The load average still counts the run before (and the run's own threads); the CPU shares do not."""
+    machine = inprocess_result["machine"]
+    loaded = machine["threads"] + machine["cores"]
+    quiet = _with_machine(inprocess_result, load_average_1min=loaded, load_average_1min_end=loaded,
+                          cpu_others_share=0.02, cpu_steal_share=0.0)
+    summary = report.write_result(tmp_path, quiet).read_text()
+    assert "the machine was busy" not in summary
+    assert "other processes took 2% of the machine's CPU time, and other guests of the host 0% (steal)" in summary
+
+
+def test_results_without_cpu_shares_are_judged_by_the_load_average(inprocess_result: dict[str, Any],
+                                                                   tmp_path: Path) -> None:
+    old = _with_machine(inprocess_result)
+    del old["machine"]["cpu_others_share"], old["machine"]["cpu_steal_share"]
+    old["machine"]["load_average_1min_end"] = old["machine"]["threads"] + old["machine"]["cores"]
+    assert "the machine was busy" in report.write_result(tmp_path, old).read_text()
 
 
 def test_bad_results_are_refused(tmp_path: Path) -> None:

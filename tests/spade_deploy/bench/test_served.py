@@ -59,7 +59,9 @@ def test_overhead_and_bytes_are_reported(served_result: dict[str, Any]) -> None:
     assert wire["naive_float_request"] > 64 * 64 * SEGMAP.semantic_nc * 4
     # Per pixel: 4 bytes per one-hot channel in and 12 out, against 1 byte in and 3 out.
     assert wire["naive_over_uint8"] == pytest.approx((SEGMAP.semantic_nc * 4 + 12) / (1 + 3), rel=0.02)
-    assert served_result["machine"]["threads"] == OPTIONS.instances * OPTIONS.intra_op_threads
+    machine = served_result["machine"]
+    assert machine["threads"] == OPTIONS.instances * OPTIONS.intra_op_threads
+    assert 0.0 <= machine["cpu_others_share"] <= 1.0 and 0.0 <= machine["cpu_steal_share"] <= 1.0
 
 
 def test_the_report_renders_the_served_result(served_result: dict[str, Any], tmp_path: Path) -> None:
