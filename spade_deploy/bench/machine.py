@@ -70,11 +70,11 @@ class CpuTimes:
 
 def cpu_times() -> CpuTimes | None:
     """The counters now; None where /proc/stat cannot be read."""
-    try:
-        ticks = [int(value) for value in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    try:  # guest time is already inside user and nice
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(value) for value in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9])
     except (OSError, ValueError):
         return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks  # guest time is already inside user and nice
     per_second = os.sysconf("SC_CLK_TCK")
     own = sum(usage.ru_utime + usage.ru_stime for usage in (resource.getrusage(resource.RUSAGE_SELF),
                                                              resource.getrusage(resource.RUSAGE_CHILDREN)))
@@ -98,7 +98,7 @@ def machine_slug(machine: dict[str, Any]) -> str:
     virtual machines often show only a brand ("AMD EPYC") for CPUs of different generations, whose results differ."""
     name = re.sub(r"\((r|tm)\)|cpu|processor|@.*", "", machine["cpu"].lower())
     name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-    ids = re.fullmatch(r"family (\d+) model (\d+)", machine.get("cpu_id", ""))
+    ids = re.fullmatch(r"family (\d+) model (\d+)", machine["cpu_id"])
     generation = f"f{ids[1]}m{ids[2]}" if ids else ""
     return "-".join(part for part in (name, generation, f"{machine['cores']}c") if part)
 
