@@ -36,7 +36,8 @@ def _with_machine(result: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 def test_a_busy_machine_is_flagged(inprocess_result: dict[str, Any], tmp_path: Path) -> None:
     """Other processes, or other guests of the host, taking more than a tenth of the CPU time."""
-    for fields in ({"cpu_others_share": 0.5, "cpu_steal_share": 0.0}, {"cpu_others_share": 0.0, "cpu_steal_share": 0.3}):
+    for fields in ({"cpu_others_share": 0.5, "cpu_steal_share": 0.0},
+                   {"cpu_others_share": 0.0, "cpu_steal_share": 0.3}):
         summary = report.write_result(tmp_path, _with_machine(inprocess_result, **fields)).read_text()
         assert "the machine was busy" in summary
 
