@@ -6,7 +6,7 @@
 # (SPADE_TOOLS_VENV, default ~/.cache/spade-deploy/perf-analyzer). The binary links libb64.so.0d and libcudart.so.12
 # even for CPU-only runs: both are symlinked from the nvidia_pytriton.libs folder of the main environment (the one
 # whose python runs this script: PYTHON, default `python3` on PATH) into the venv's lib/ on LD_LIBRARY_PATH.
-# See ../shared/notes/triton-on-cpu.md. Only the venv is written; the main environment is read.
+# Only the venv is written; the main environment is read.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}

@@ -19,10 +19,10 @@ common=(--repeats 3 --warmup 1 --threads 2)
 # Cityscapes batch 1 and the region counts: 5; Cityscapes batch 4: 3).
 sparse=(--runtimes eager,plain-ort,plain-openvino,ort,sparse-ort --warmup 1 --threads 2)
 
-spade-deploy bench --preset ade20k --ngf 64 --size 256x256 --batch 1,4 \
+spade-deploy bench --preset ade20k --ngf 64 --height 256 --width 256 --batch 1,4 \
     --runtimes eager,folded-torch,plain-ort,plain-openvino,ort,openvino "${common[@]}" --out "$out"
-spade-deploy bench --served --preset ade20k --ngf 16 --size 128x128 --concurrency 1,2,4,8 --requests 48 \
-    --rate-requests 48 --perf-analyzer --out "$out"
+spade-deploy bench --served --preset ade20k --ngf 16 --height 128 --width 128 --concurrency 1,2,4,8 \
+    --requests 48 --rate-requests 48 --perf-analyzer --out "$out"
 spade-deploy bench --preset ade20k --batch 1,4 "${sparse[@]}" --repeats 10 --out "$out-sparse-ade20k"
 spade-deploy bench --preset cityscapes --batch 1 "${sparse[@]}" --repeats 5 --out "$out-sparse-cityscapes"
 spade-deploy bench --preset cityscapes --batch 4 "${sparse[@]}" --repeats 3 --one-at-a-time \

@@ -1,4 +1,3 @@
-"""Export pipeline: load -> fold -> ONNX -> parity -> (TensorRT engines) -> (Triton repository).
-
-`python -m export.onnx CKPT --out DIR` and `python -m export.trt CKPT --out DIR` are the entry points.
-"""
+"""`python -m export.onnx …` and `python -m export.trt …` from the repository root: thin entry points over
+`spade-deploy export onnx|trt …` (spade_deploy.cli.export). This folder is not installed; installed users run the
+console script."""

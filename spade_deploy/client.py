@@ -4,7 +4,7 @@
         images = client.synthesize("labels/0001.png", seed=7)  # uint8 [N, H, W, 3]
 
 Inputs are arrays or image files: label PNGs in the served model's dataset encoding (its preset) become class
-indices here, with spade_deploy.labels, using the model description the server publishes in its model config. A
+indices here, with spade_deploy.model.labels, using the model description the server publishes in its model config. A
 call with more items than the server's `max_batch_size` is split into several requests. Every failure is a
 `SpadeClientError` subclass whose message says what to do.
 """
@@ -21,16 +21,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from spade_deploy import io_spec
-from spade_deploy.images import as_rgb_batch, read_rgb
-from spade_deploy.labels import as_label_batch, check_label_range, read_label_png, read_png
-from spade_deploy.served_model import ServedModel
+from spade_deploy.errors import Failure
+from spade_deploy.model import io_spec
+from spade_deploy.model.images import as_rgb_batch, read_rgb
+from spade_deploy.model.labels import read_label_png, read_png
+from spade_deploy.serve.served_model import ServedModel
 
 PathOrArray = str | Path | np.ndarray | Sequence[str | Path | np.ndarray]
 Seed = int | Sequence[int] | np.ndarray
 
 
-class SpadeClientError(Exception):
+class SpadeClientError(Failure):
     """Base of every error the SPADE clients raise."""
 
 
@@ -114,7 +115,8 @@ class SpadeClient(_Calls):
                    seed: Seed | None = None) -> np.ndarray:
         """Images uint8 `[N, H, W, 3]` for label maps (arrays `[H, W]` / `[N, H, W]` of class indices, or label
         PNGs). VAE models: `style` (one image for all, or one per label map) sets the latent to the encoder's mean;
-        `seed` (one int for all, or one per item) makes the latent reproducible; see triton_models/pipeline.py."""
+        `seed` (one int for all, or one per item) makes the latent reproducible; see
+        spade_deploy/serve/triton_models/pipeline.py."""
         requests = _synthesize_requests(self.served, labels, instances, style, seed)
         outputs = [self._infer(io_spec.PIPELINE_MODEL, request, [io_spec.IMAGE]) for request in requests]
         return np.concatenate([images for (images,) in outputs])
@@ -208,16 +210,17 @@ class AsyncSpadeClient(_Calls):
 def _synthesize_requests(served: ServedModel, labels: PathOrArray, instances: PathOrArray | None,
                          style: PathOrArray | None, seed: Seed | None) -> list[dict[str, np.ndarray]]:
     io = _pipeline_io(served)
-    items = {io_spec.LABEL: _label_items(labels, served, io.input(io_spec.LABEL).dtype)}
+    items = {io_spec.LABEL: _label_items(labels, served)}
     count = len(items[io_spec.LABEL])
-    if io_spec.INSTANCE in served.inputs:
-        if instances is None:
-            raise InvalidInput("this model uses instance maps (use_instance=True); pass instances= (arrays or "
-                               "PNG files, one per label map)")
-        items[io_spec.INSTANCE] = _broadcast(_instance_items(instances, io.input(io_spec.INSTANCE).dtype),
-                                             count, "instances")
-    elif instances is not None:
-        raise InvalidInput("this model takes no instance maps (use_instance=False); pass instances=None")
+    try:
+        instance_items = None if instances is None else _broadcast(_items(instances, read_png, 2, "instances"),
+                                                                   count, "instances")
+        checked = [io_spec.check_instances(item, served.config, (1, served.height, served.width))
+                   for item in instance_items or [None]]
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
+    if checked[0] is not None:
+        items[io_spec.INSTANCE] = [item[0] for item in checked]
     if style is not None:
         if io_spec.STYLE not in served.inputs:
             raise InvalidInput("this model has no style encoder (it is not a VAE model, or was exported "
@@ -257,27 +260,15 @@ def _pipeline_io(served: ServedModel) -> io_spec.ModelIO:
                                has_encoder=io_spec.STYLE in served.inputs)
 
 
-def _label_items(labels: PathOrArray, served: ServedModel, dtype: np.dtype) -> list[np.ndarray]:
+def _label_items(labels: PathOrArray, served: ServedModel) -> list[np.ndarray]:
+    """uint8 `[H, W]` label maps checked by the contract (size, classes) for the served model."""
     try:
-        converted = []
-        for item in _items(labels, lambda path: read_label_png(path, served.config), 2, "labels"):
-            indices = as_label_batch(item)  # int64 [1, H, W]; refuses floats
-            check_label_range(indices, served.config)  # also keeps them inside the uint8 wire type
-            converted.append(indices[0].numpy().astype(dtype))
-        return converted
+        items = _items(labels, lambda path: read_label_png(path, served.config), 2, "labels")
+        if not items:
+            raise ValueError("labels: an empty batch (0 label maps); pass at least one")
+        return [io_spec.check_labels(item, served.config, served.height, served.width)[0] for item in items]
     except ValueError as error:
         raise InvalidInput(str(error)) from None
-
-
-def _instance_items(instances: PathOrArray, dtype: np.dtype) -> list[np.ndarray]:
-    items = _items(instances, read_png, 2, "instances")
-    limits = np.iinfo(dtype)
-    for item in items:
-        if not np.issubdtype(item.dtype, np.integer):
-            raise InvalidInput(f"instances must hold integer ids, got dtype {item.dtype}")
-        if item.size and (item.min() < limits.min or item.max() > limits.max):
-            raise InvalidInput(f"instance ids must fit {dtype}, got {item.min()}..{item.max()}")
-    return [item.astype(dtype) for item in items]
 
 
 def _style_items(style: PathOrArray) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The test suite. A package, so tests share helpers by module name (`tests.official`, `tests.triton_fixtures`)."""
+"""The test suite. A package, so tests share helpers by module name (`tests.official`, `tests.fixtures.serving`)."""
 import os
 
 # The suite shares 2 cores with a Triton server and subprocesses. OpenMP workers that spin while they wait make such a

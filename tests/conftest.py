@@ -1,2 +1,3 @@
-"""Suite-wide fixtures: the serving fixtures (tiny exported models, one Triton server per session)."""
-pytest_plugins = ["tests.triton_fixtures"]
+"""Suite-wide fixtures (tests/fixtures/): tiny model variants, the training datasets, the serving fixtures (tiny
+exported models, one Triton server per session) and a tiny benchmark result."""
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.training", "tests.fixtures.serving", "tests.fixtures.bench"]

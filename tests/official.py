@@ -3,8 +3,8 @@ its eval forward.
 
 `official_generator_forward` / `official_encoder_forward` compute the official networks' eval output straight from an
 official state dict with `torch.nn.functional`, reading the options as the official code does (`norm_G` strings,
-`crop_size // 2**n` latent grid), and share no code with `spade_deploy.networks`. Matching them guards faithfulness
-to the official code independently of how our modules are written.
+`crop_size // 2**n` latent grid), and share no code with `spade_deploy.model.networks`. Matching them guards
+faithfulness to the official code independently of how our modules are written.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spade_deploy.config import EncoderConfig, GeneratorConfig
+from spade_deploy.model.config import EncoderConfig, GeneratorConfig
 
 StateDict = Mapping[str, torch.Tensor]
 BN_EPS = 1e-5  # nn.BatchNorm2d / SynchronizedBatchNorm2d / nn.InstanceNorm2d default

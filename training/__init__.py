@@ -1,5 +1,3 @@
-"""SPADE training: data, discriminator, losses, the distributed loop and the `python -m training.train` CLI.
-
-The generator and encoder come from `spade_deploy.networks`; a training checkpoint's `generator` entry is what
-`spade_deploy.load_generator` and the exporters read.
-"""
+"""`python -m training.train …` and `torchrun -m training.train …` from the repository root: a thin entry point over
+`spade-deploy train …` (spade_deploy.cli.train). This folder is not installed; installed users run the console
+script (under torchrun: `torchrun --nproc_per_node N -m spade_deploy.cli train …`)."""

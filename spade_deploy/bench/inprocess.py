@@ -29,16 +29,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from export.onnx import step
-from spade_deploy import io_spec
 from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_machine, load_average, peak_resident_mb,
                                         reset_peak_resident, resident_mb)
-from spade_deploy.bench.runtimes import GRAPHS, RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
-from spade_deploy.config import GeneratorConfig
-from spade_deploy.fold import instance_edge_map
-from spade_deploy.labels import check_label_size
-from spade_deploy.sampling import sample_z
-from spade_deploy.synthetic import random_generator, synthetic_batch
+from spade_deploy.bench.runtimes import RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
+from spade_deploy.export.onnx import export_generator_onnx
+from spade_deploy.export.pipeline import step
+from spade_deploy.model import io_spec
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.model.labels import check_label_size
+from spade_deploy.model.synthetic import random_generator, synthetic_batch
+from spade_deploy.model.tensors import instance_edges, sample_z
 
 FORMAT_VERSION = 1
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
@@ -138,7 +138,7 @@ def boundary_share(labels: np.ndarray, instances: np.ndarray | None = None, radi
     lowest = -F.max_pool2d(-maps, size, stride=1, padding=radius)
     boundary = highest != lowest
     if instances is not None:
-        edges = instance_edge_map(torch.from_numpy(np.asarray(instances)))
+        edges = instance_edges(torch.from_numpy(np.asarray(instances)))
         boundary |= F.max_pool2d(edges, size, stride=1, padding=radius) > 0
     boundary[..., :radius, :] = True
     boundary[..., -radius:, :] = True
@@ -188,7 +188,8 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
         graphs = {}
         for name in sorted({runtime.graph for runtime in available if runtime.graph is not None}):
             with step(f"exporting the {name} ONNX graph"):
-                graphs[name] = GRAPHS[name](generator, workdir / f"{name}.onnx", height=height, width=width)
+                graphs[name] = export_generator_onnx(generator, workdir / f"{name}.onnx", height=height, width=width,
+                                                     graph=name)
         subject = Subject(generator, height, width, options.threads, graphs)
         with step("eager reference outputs"):
             eager = eager_runner(subject, None)

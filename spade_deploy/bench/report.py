@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from spade_deploy.bench.perf_analyzer import STABILITY_PERCENT  # noqa: E402
-from spade_deploy.io_spec import GENERATOR_MODEL, PIPELINE_MODEL  # noqa: E402
+from spade_deploy.model.io_spec import GENERATOR_MODEL, PIPELINE_MODEL  # noqa: E402
 
 RESULT_FILES = {"inprocess": "inprocess.json", "served": "served.json"}
 KIND_TITLES = {"inprocess": "in-process", "served": "served"}
@@ -175,11 +175,15 @@ _SCHEDULE = {
 
 def _served_section(result: dict[str, Any]) -> list[str]:
     setup, gen, pipe = result["setup"], GENERATOR_MODEL, PIPELINE_MODEL
+    # Results recorded before the served benchmark took --regions and --queue-delay-us do not name them.
+    regions = f" with {setup['regions']} irregular regions each" if "regions" in setup else ""
+    delay = f", waiting up to {setup['queue_delay_us']} µs for a batch" if "queue_delay_us" in setup else ""
     lines = [f"## Served: {setup['preset']}, ngf {setup['ngf']}, {setup['size']}, Triton (CPU variant)", "",
              f"The exporter's default generator graph ({setup['graph']}) in ONNX Runtime behind the `{setup['model']}` "
-             f"pipeline, over gRPC (AsyncSpadeClient), batch 1 per request, {setup['label_maps']} synthetic label maps "
-             f"(boundary share {setup['boundary_share']:.1%}); {setup['instances']} instances × "
-             f"{setup['intra_op_threads']} ONNX Runtime thread(s), dynamic batching up to {setup['max_batch_size']}. "
+             f"pipeline, over gRPC (AsyncSpadeClient), batch 1 per request, {setup['label_maps']} synthetic label maps"
+             f"{regions} (boundary share {setup['boundary_share']:.1%}); {setup['instances']} instances × "
+             f"{setup['intra_op_threads']} ONNX Runtime thread(s), dynamic batching up to {setup['max_batch_size']}"
+             f"{delay}. "
              f"{setup['requests_per_level']} timed requests per level after at least {setup['warmup_per_level']} "
              f"warm-up requests. Exactness: served image vs eager PyTorch, max "
              f"{result['exactness']['max_abs_diff_uint8_vs_eager']} 8-bit level(s).", "",

@@ -5,14 +5,13 @@ A runner maps the deployment graph's inputs (`io_spec` names and wire dtypes: ui
 (+ float32 `z`)) to `image_float` `[N, 3, H, W]` float32, so every runtime is timed on the same inputs and compared
 with the same reference. Every runtime is capped at `Subject.threads` intra-op threads.
 
-Adding a runtime takes a build function and one `register` call; every deployment graph of
-`onnx_export.GRAPHS` can be exported and run (`GRAPHS` here). The boundary-sparse graph of `spade_deploy.sparse` is
-registered this way (`sparse-*`).
+Adding a runtime takes a build function and one `register` call; it can run every deployment graph of
+`spade_deploy.export.metadata.GRAPHS`. The boundary-sparse graph of `spade_deploy.export.sparse` is registered this
+way (`sparse-*`).
 """
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,16 @@ import numpy as np
 import onnxruntime
 import torch
 
-from export.tensorrt_engine import unavailable_reason as tensorrt_unavailable
-from spade_deploy import io_spec, onnx_export
-from spade_deploy.labels import to_semantic_input
-from spade_deploy.networks import SPADEGenerator
-from spade_deploy.onnx_export import export_generator_onnx, generator_graph
-from spade_deploy.runtime import make_session
+from spade_deploy.export.graphs import generator_graph
+from spade_deploy.export.metadata import GRAPHS
+from spade_deploy.export.runtime import make_session
+from spade_deploy.export.tensorrt import unavailable_reason as tensorrt_unavailable
+from spade_deploy.model import io_spec
+from spade_deploy.model.networks import SPADEGenerator
+from spade_deploy.model.tensors import to_semantic_input
 
 Feeds = dict[str, np.ndarray]  # graph inputs by io_spec name, in the contract's dtypes
 Runner = Callable[[Feeds], np.ndarray]  # -> image_float [N, 3, H, W] float32
-GraphExport = Callable[..., Path]  # (generator, path, *, height, width) -> path
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,6 @@ class Runtime:
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run on this machine; None: it can
 
 
-# Every deployment graph of `onnx_export.GRAPHS`, as an export function.
-GRAPHS: dict[str, GraphExport] = {name: functools.partial(export_generator_onnx, graph=name)
-                                  for name in onnx_export.GRAPHS}
 RUNTIMES: dict[str, Runtime] = {}
 
 
@@ -94,7 +90,8 @@ def eager_runner(subject: Subject, _: Path | None) -> Runner:
 
 
 def torch_graph_runner(graph: str) -> Callable[[Subject, Path | None], Runner]:
-    """A deployment graph (`onnx_export.generator_graph(graph=...)`) run by PyTorch itself, before any export."""
+    """A deployment graph (`spade_deploy.export.graphs.generator_graph(graph=...)`) run by PyTorch itself, before
+    any export."""
     def build(subject: Subject, _: Path | None) -> Runner:
         module = generator_graph(subject.generator, graph=graph, height=subject.height, width=subject.width)
 
@@ -107,7 +104,8 @@ def torch_graph_runner(graph: str) -> Callable[[Subject, Path | None], Runner]:
 
 
 def onnxruntime_runner(subject: Subject, path: Path | None, providers: list[str] | None = None) -> Runner:
-    """An ONNX graph in ONNX Runtime with the deployment's session options (`spade_deploy.runtime.make_session`)."""
+    """An ONNX graph in ONNX Runtime with the deployment's session options
+    (`spade_deploy.export.runtime.make_session`)."""
     session = make_session(path, threads=subject.threads, providers=providers)
 
     def run(feeds: Feeds) -> np.ndarray:

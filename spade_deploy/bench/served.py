@@ -1,22 +1,26 @@
 """Served benchmark: a gRPC load generator (`AsyncSpadeClient`) against a real Triton server on loopback ports.
 
 The model is a random-weight generator of the given config, exported as ONNX (the exporter's default graph, as
-`python -m export.onnx` ships it; recorded in the result) and written to a Triton repository
-with `spade_deploy.triton_repo` (CPU variant: the generator in ONNX Runtime inside python-backend instances), served by
-`spade_deploy.serve.TritonServer` on free 127.0.0.1 ports. Requests go to the user-facing `spade` model, batch 1 each,
-cycling through a few synthetic label maps.
+`spade-deploy export onnx` ships it; recorded in the result) and written to a Triton repository with
+`spade_deploy.serve.repository` (CPU variant: the generator in ONNX Runtime inside python-backend instances; the
+dynamic batcher waits up to `queue_delay_us` for more requests), served by `spade_deploy.serve.server.TritonServer` on
+free 127.0.0.1 ports. Requests go to the user-facing `spade` model, batch 1 each, cycling through a few synthetic label
+maps with `regions` irregular regions each.
 
 - Closed loop: for each concurrency C, C workers send back to back; `requests` timed requests after a warm-up.
 - Open loop ("fixed rate"): Poisson arrivals at a given rate, `rate_requests` requests; latency counts from the
   scheduled send time, so a server that falls behind shows it (no coordinated omission). It stops early when more
   than `max_in_flight` requests are outstanding.
 - Server side: queue and compute time per request and the generator's mean batch size, from the difference of
-  Triton's inference statistics before and after each level, for the pipeline and the generator model.
+  Triton's inference statistics before and after each level, for the pipeline and the generator model. Triton counts
+  a request just after answering it, so each snapshot waits (up to `statistics_timeout_s`) until every answered
+  request is counted.
 - Bytes: serialized sizes of the gRPC `ModelInferRequest` / `ModelInferResponse` messages for the uint8 contract,
   and, computed the same way (no such model is served), for a naive float one-hot-in / float-image-out request.
 - Serving overhead: the generator graph in this process, batch 1, with the served session options (ONNX Runtime,
   `intra_op_threads` threads), against the served latency at concurrency 1.
-Every loop is bounded in requests and time, every request has a timeout, and all traffic stays on loopback.
+Every loop is bounded in requests and time, every wait has a deadline, every request has a timeout, and all
+traffic stays on loopback.
 """
 from __future__ import annotations
 
@@ -29,34 +33,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import tritonclient.grpc.aio as aioclient
 from tqdm import tqdm
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import np_to_triton_dtype
 
-from export.onnx import step
-from spade_deploy import io_spec
-from spade_deploy.bench.inprocess import boundary_share, graph_feeds, measure
+from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, measure
 from spade_deploy.bench.machine import cpu_competition, cpu_times, describe_machine, load_average
 from spade_deploy.bench.perf_analyzer import PerfAnalyzerError, run_perf_analyzer, write_input_data
 from spade_deploy.client import AsyncSpadeClient, SpadeClientError
-from spade_deploy.config import GeneratorConfig
-from spade_deploy.labels import check_label_size, to_semantic_input
-from spade_deploy.networks import SPADEGenerator
-from spade_deploy.onnx_export import METADATA_GRAPH, export_generator_onnx, to_uint8_image
-from spade_deploy.runtime import make_session
-from spade_deploy.sampling import sample_z
-from spade_deploy.serve import TritonServer
-from spade_deploy.synthetic import random_generator
-from spade_deploy.triton_repo import write_repository
+from spade_deploy.export.metadata import read_export_metadata
+from spade_deploy.export.onnx import export_generator_onnx
+from spade_deploy.export.pipeline import step
+from spade_deploy.export.runtime import make_session
+from spade_deploy.model import io_spec
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.model.labels import check_label_size
+from spade_deploy.model.networks import SPADEGenerator
+from spade_deploy.model.synthetic import random_generator
+from spade_deploy.model.tensors import sample_z, to_semantic_input, to_uint8_image
+from spade_deploy.serve.repository import QUEUE_DELAY_US, write_repository
+from spade_deploy.serve.server import TritonServer
 
 FORMAT_VERSION = 1
 DISTINCT_MAPS = 8  # label maps the requests cycle through
 NAIVE_INPUT = "semantic"  # name of the naive request's float one-hot input (sizes only; no such model exists)
 AUTO_RATE_FRACTIONS = (0.5, 0.8)  # default open-loop rates, as fractions of the best closed-loop throughput
 STATS_MODELS = (io_spec.PIPELINE_MODEL, io_spec.GENERATOR_MODEL)
+VARIANT = "cpu"  # the repository variant served: the tritonserver of the nvidia-pytriton wheel runs only this one
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class ServedOptions:
     instances: int = 2  # Triton instances of each model (CPU cores to share)
     intra_op_threads: int = 1  # ONNX Runtime threads per generator instance
     max_batch_size: int = 8
+    queue_delay_us: int | None = None  # the dynamic batcher's max queue delay; None: the repository's QUEUE_DELAY_US
+    regions: int = Options.regions  # irregular regions per synthetic label map, as in the in-process benchmark
+    statistics_timeout_s: float = 30.0  # for Triton's statistics to count every answered request
     inprocess_repeats: int = 20  # in-process batch-1 calls for the serving overhead
     perf_analyzer: bool = False  # also run perf_analyzer (benchmarks/perf_analyzer.sh) against the same server
     perf_analyzer_window_ms: int = 3000
@@ -83,9 +91,11 @@ class ServedOptions:
         if any(rate <= 0 for rate in self.rates):
             raise ValueError(f"request rates must be positive (requests/s), got {self.rates!r}")
         for name in ("requests", "rate_requests", "max_in_flight", "instances", "intra_op_threads",
-                     "max_batch_size", "inprocess_repeats"):
+                     "max_batch_size", "inprocess_repeats", "regions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.queue_delay_us is not None and self.queue_delay_us < 0:
+            raise ValueError(f"queue_delay_us must be a non-negative number of microseconds, got {self.queue_delay_us}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,11 @@ class Load:
     samples: list[Sample] = field(default_factory=list)
     stopped: str | None = None  # why an open-loop level stopped early
 
+    @property
+    def answered(self) -> int:
+        """Requests answered without an error: what Triton's statistics count."""
+        return sum(sample.ok for sample in self.samples)
+
 
 def run_served(config: GeneratorConfig, *, height: int | None = None, width: int | None = None,
                options: ServedOptions = ServedOptions(), workdir: Path | None = None) -> dict[str, Any]:
@@ -111,16 +126,18 @@ def run_served(config: GeneratorConfig, *, height: int | None = None, width: int
     height, width = height or default_height, width or default_width
     check_label_size(height, width, config)
     machine = describe_machine(options.instances * options.intra_op_threads)
+    queue_delay_us = QUEUE_DELAY_US[VARIANT] if options.queue_delay_us is None else options.queue_delay_us
     cpu_start = cpu_times()
     with tempfile.TemporaryDirectory(prefix="spade-bench-served-") as temporary:
         workdir = Path(workdir or temporary)
         with step("random generator, ONNX export, Triton repository"):
             generator = random_generator(config, seed=options.seed)
             onnx_path = export_generator_onnx(generator, workdir / "generator.onnx", height=height, width=width)
-            graph = _graph_of(onnx_path)
-            write_repository(workdir / "repository", onnx_path, max_batch_size=options.max_batch_size,
-                             instances=options.instances, intra_op_threads=options.intra_op_threads)
-        feeds = graph_feeds(config, DISTINCT_MAPS, height, width, seed=options.seed)
+            graph = read_export_metadata(onnx_path).graph
+            write_repository(workdir / "repository", onnx_path, variant=VARIANT, max_batch_size=options.max_batch_size,
+                             instances=options.instances, intra_op_threads=options.intra_op_threads,
+                             queue_delay_us=queue_delay_us)
+        feeds = graph_feeds(config, DISTINCT_MAPS, height, width, seed=options.seed, regions=options.regions)
         if config.use_vae:  # the pipeline draws z_i = sample_z(1, z_dim, seed_i); request i sends seed i
             feeds[io_spec.Z] = torch.cat([sample_z(1, config.z_dim, index) for index in range(DISTINCT_MAPS)]).numpy()
         requests = [{name: array[index:index + 1] for name, array in feeds.items()} for index in range(DISTINCT_MAPS)]
@@ -138,9 +155,10 @@ def run_served(config: GeneratorConfig, *, height: int | None = None, width: int
     setup = {"preset": config.preset, "ngf": config.ngf, "size": f"{height}x{width}",
              "generator_config": config.to_dict(), "graph": graph, "model": io_spec.PIPELINE_MODEL,
              "batch_per_request": 1, "instances": options.instances, "intra_op_threads": options.intra_op_threads,
-             "max_batch_size": options.max_batch_size, "requests_per_level": options.requests,
-             "warmup_per_level": options.warmup, "rate_requests": options.rate_requests,
-             "label_maps": DISTINCT_MAPS, "seed": options.seed,
+             "max_batch_size": options.max_batch_size, "queue_delay_us": queue_delay_us,
+             "requests_per_level": options.requests, "warmup_per_level": options.warmup,
+             "rate_requests": options.rate_requests, "label_maps": DISTINCT_MAPS, "regions": options.regions,
+             "seed": options.seed,
              "boundary_share": boundary_share(feeds[io_spec.LABEL], feeds.get(io_spec.INSTANCE))}
     machine["load_average_1min_end"] = load_average()
     machine |= cpu_competition(cpu_start, machine["cores"])
@@ -202,12 +220,6 @@ def _serving_overhead(levels: list[dict[str, Any]], inprocess: dict[str, Any]) -
             "served_over_inprocess": single["p50_ms"] / inprocess["p50_ms"]}
 
 
-def _graph_of(onnx_path: Path) -> str:
-    """Which deployment graph (sparse, dense, …) an exported ONNX holds, from its metadata."""
-    props = {prop.key: prop.value for prop in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    return props.get(METADATA_GRAPH, "unknown")
-
-
 def _inprocess_latency(onnx_path: Path, request: dict[str, np.ndarray], options: ServedOptions) -> dict[str, Any]:
     """The generator graph in this process at batch 1, with the session options of one served instance."""
     session = make_session(onnx_path, threads=options.intra_op_threads)
@@ -232,28 +244,35 @@ async def _load(url: str, requests: list[dict[str, np.ndarray]], eager_image: np
     calls = [_request_kwargs(request, index) for index, request in enumerate(requests)]
     async with AsyncSpadeClient(url, timeout=options.request_timeout_s) as client:
         stats_client = aioclient.InferenceServerClient(url)
+
+        async def counted(since: dict[str, dict[str, int]], items: int) -> dict[str, dict[str, int]]:
+            return await _settled_statistics(stats_client, since, items, options.statistics_timeout_s)
         try:
+            # Each snapshot counts every request answered before it, so a level's difference is exactly its own.
+            snapshot = await _statistics(stats_client)  # a fresh server: nothing answered yet
             served = np.concatenate([await client.synthesize(**call) for call in calls])
+            snapshot = await counted(snapshot, len(calls))
             exactness = {"max_abs_diff_uint8_vs_eager": int(np.abs(served.astype(np.int16) - eager_image).max()),
                          "note": "served uint8 image vs the eager float image rounded to uint8, in 8-bit levels"}
             levels = []
             for concurrency in tqdm(options.concurrency, desc="served: concurrency", unit="level", file=sys.stderr):
-                await _closed_loop(client, calls, concurrency, max(options.warmup, concurrency),
-                                   options.level_timeout_s)
-                before, cpu = await _still_statistics(stats_client), time.process_time()
+                warmup = await _closed_loop(client, calls, concurrency, max(options.warmup, concurrency),
+                                            options.level_timeout_s)
+                before, cpu = await counted(snapshot, warmup.answered), time.process_time()
                 load = await _closed_loop(client, calls, concurrency, options.requests, options.level_timeout_s)
                 cpu = time.process_time() - cpu
-                server = _server_side(before, await _settled_statistics(stats_client, before, len(load.samples)))
-                levels.append({"concurrency": concurrency, **_summarize(load, cpu), "server": server})
+                snapshot = await counted(before, load.answered)
+                levels.append({"concurrency": concurrency, **_summarize(load, cpu),
+                               "server": _server_side(before, snapshot)})
             best = max(level["throughput_rps"] for level in levels)
             rates = options.rates or tuple(round(fraction * best, 2) for fraction in AUTO_RATE_FRACTIONS)
             open_loop = []
             for rate in tqdm(rates, desc="served: fixed rate", unit="rate", file=sys.stderr):
-                before, cpu = await _still_statistics(stats_client), time.process_time()
+                before, cpu = snapshot, time.process_time()
                 load = await _open_loop(client, calls, rate, options)
                 cpu = time.process_time() - cpu
-                server = _server_side(before, await _settled_statistics(stats_client, before, len(load.samples)))
-                open_loop.append({"rate_rps": rate, **_summarize(load, cpu), "server": server})
+                snapshot = await counted(before, load.answered)
+                open_loop.append({"rate_rps": rate, **_summarize(load, cpu), "server": _server_side(before, snapshot)})
         finally:
             await stats_client.close()
     return {"exactness": exactness, "concurrency": levels, "fixed_rate": open_loop}
@@ -344,28 +363,20 @@ async def _statistics(client: aioclient.InferenceServerClient) -> dict[str, dict
     return counters
 
 
-async def _still_statistics(client: aioclient.InferenceServerClient,
-                            timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
-    """Statistics once two snapshots 50 ms apart agree: the requests before (warm-up) are all counted."""
-    deadline = time.perf_counter() + timeout_s
-    previous = await _statistics(client)
-    while True:
-        await asyncio.sleep(0.05)
-        current = await _statistics(client)
-        if current == previous or time.perf_counter() > deadline:
-            return current
-        previous = current
-
-
 async def _settled_statistics(client: aioclient.InferenceServerClient, before: dict[str, dict[str, int]],
-                              items: int, timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
-    """Statistics once every model has counted the `items` batch-1 requests since `before`: Triton updates them just
-    after sending a response, so a snapshot taken at once can miss the last requests."""
+                              items: int, timeout_s: float) -> dict[str, dict[str, int]]:
+    """Statistics once every model has counted the `items` batch-1 requests answered since `before`: Triton updates
+    them just after sending a response, so a snapshot taken at once can miss the last requests. Past `timeout_s` it
+    warns and returns what is counted."""
     deadline = time.perf_counter() + timeout_s
     while True:
         after = await _statistics(client)
         counted = min(after[model]["inferences"] - before[model]["inferences"] for model in STATS_MODELS)
-        if counted >= items or time.perf_counter() > deadline:
+        if counted >= items:
+            return after
+        if time.perf_counter() > deadline:
+            print(f"warning: Triton's statistics counted {counted} of {items} answered requests after {timeout_s:.0f} "
+                  f"s; the server-side numbers of this level are incomplete", file=sys.stderr)
             return after
         await asyncio.sleep(0.02)
 

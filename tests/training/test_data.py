@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from spade_deploy.config import generator_preset
-from training.data import ResumableSampler, SegmentationDataset, check_samples, find_samples, raise_problems
-from training.options import DataOptions
+from spade_deploy.model.config import generator_preset
+from spade_deploy.training.data import (ResumableSampler, SegmentationDataset, check_samples, find_samples,
+                                        raise_problems)
+from spade_deploy.training.options import DataOptions
 
 LABEL_NC = 8  # as the conftest datasets
 CONFIG = generator_preset("custom", label_nc=LABEL_NC, crop_size=64, ngf=8, use_instance=True)

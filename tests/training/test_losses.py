@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.discriminator import DiscriminatorConfig, MultiscaleDiscriminator
-from training.losses import (VGGLoss, feature_matching, hinge_discriminator, hinge_generator, kl_divergence,
-                             load_vgg19)
-from training.options import LossOptions
+from spade_deploy.training.discriminator import DiscriminatorConfig, MultiscaleDiscriminator
+from spade_deploy.training.losses import (VGGLoss, feature_matching, hinge_discriminator, hinge_generator,
+                                          kl_divergence, load_vgg19)
+from spade_deploy.training.options import LossOptions
 
 
 def test_discriminator_scales_features_and_official_keys() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -10,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import onnxruntime as ort
 import torch
 
 import spade_deploy
-from spade_deploy.checkpoint import read_checkpoint
-from spade_deploy.labels import to_semantic_input
-from training import checkpoints, distributed
-from training.loop import Trainer, lr_factor
-from training.options import TrainingOptions
-from training.train import main
+from spade_deploy.model import io_spec
+from spade_deploy.model.checkpoint import read_checkpoint
+from spade_deploy.model.tensors import to_semantic_input
+from spade_deploy.training import checkpoints, distributed
+from spade_deploy.training.loop import Trainer, lr_factor
+from spade_deploy.training.options import TrainingOptions
+from spade_deploy import cli
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -155,19 +158,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, dataset: Path, 
         _assert_tensors_equal(straight[key], resumed[key], key)
 
 
-def test_resume_refuses_other_options_and_new_runs_refuse_old_dirs(plain_run, dataset: Path, tiny_args) -> None:
+def refused(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """`spade-deploy train ARGS` exits 2 (bad input); its one-line message."""
+    assert cli.main(["train", *args]) == 2
+    return capsys.readouterr().err
+
+
+def test_resume_refuses_other_options_and_new_runs_refuse_old_dirs(plain_run, dataset: Path, tiny_args,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     run_dir = plain_run[3]
-    with pytest.raises(SystemExit, match="already holds a run .* --resume"):
-        main(tiny_args(dataset, run_dir))
-    with pytest.raises(SystemExit, match="generator.ngf: 8 -> 16"):
-        main(tiny_args(dataset, run_dir, "--ngf", "16", "--resume"))
-    with pytest.raises(SystemExit, match="no .*latest.pt to continue from"):
-        main(tiny_args(dataset, run_dir.with_name("absent"), "--resume"))
+    assert re.search("already holds a run .* --resume", refused(capsys, tiny_args(dataset, run_dir)))
+    assert "generator.ngf: 8 -> 16" in refused(capsys, tiny_args(dataset, run_dir, "--ngf", "16", "--resume"))
+    assert re.search("no .*latest.pt to continue from",
+                     refused(capsys, tiny_args(dataset, run_dir.with_name("absent"), "--resume")))
 
 
 def test_dry_run_prints_the_options(tmp_path: Path, dataset: Path, tiny_args,
                                     capsys: pytest.CaptureFixture) -> None:
-    main(tiny_args(dataset, tmp_path / "run", "--use-vae", "--dry-run"))
+    assert cli.main(["train", *tiny_args(dataset, tmp_path / "run", "--use-vae", "--dry-run")]) == 0
     options = json.loads(capsys.readouterr().out)
     assert options["generator"]["label_nc"] == 8 and options["generator"]["use_vae"]
     assert options["encoder"] == {"ngf": 8, "num_layers": 5, "spectral": True}
@@ -176,17 +184,16 @@ def test_dry_run_prints_the_options(tmp_path: Path, dataset: Path, tiny_args,
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_errors_name_the_fix(tmp_path: Path, dataset: Path, tiny_args, write_dataset) -> None:
+def test_cli_errors_name_the_fix(tmp_path: Path, dataset: Path, tiny_args, write_dataset,
+                                 capsys: pytest.CaptureFixture) -> None:
     args = tiny_args(dataset, tmp_path / "run")
     args.remove("--no-vgg-loss")
-    with pytest.raises(SystemExit, match="--vgg-weights PATH.*--no-vgg-loss"):
-        main(args)
-    with pytest.raises(SystemExit, match="multiple of the number of processes|fewer than one global batch"):
-        main(tiny_args(dataset, tmp_path / "run", "--batch-size", "8"))
+    assert re.search("--vgg-weights PATH.*--no-vgg-loss", refused(capsys, args))
+    assert re.search("multiple of the number of processes|fewer than one global batch",
+                     refused(capsys, tiny_args(dataset, tmp_path / "run", "--batch-size", "8")))
     broken = write_dataset(tmp_path / "broken", count=2)
     (broken / "labels" / "sample1.png").unlink()
-    with pytest.raises(SystemExit, match="sample1.png: no label map"):
-        main(tiny_args(broken, tmp_path / "run"))
+    assert "sample1.png: no label map" in refused(capsys, tiny_args(broken, tmp_path / "run"))
 
 
 def test_lr_schedule_is_constant_then_linear() -> None:
@@ -196,7 +203,7 @@ def test_lr_schedule_is_constant_then_linear() -> None:
 
 _KILLED_SAVE = """
 import os, sys, time, torch
-from training import checkpoints
+from spade_deploy.training import checkpoints
 run = sys.argv[1]
 checkpoints.save({"value": torch.tensor([1.0])}, run, step=1, keep=2)
 def stalled_save(payload, file, *args, **kwargs):
@@ -243,8 +250,8 @@ def test_a_failing_save_keeps_latest(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 _RANK_DUMP = """
 import sys, torch
-from training import loop
-from training.train import main
+from spade_deploy.training import loop
+from spade_deploy.cli import main
 out = sys.argv[1]
 original = loop.Trainer.run
 def run_and_dump(self):
@@ -254,7 +261,7 @@ def run_and_dump(self):
     torch.save(state, f"{out}/rank{self.context.rank}.pt")
     return losses
 loop.Trainer.run = run_and_dump
-main(sys.argv[2:])
+sys.exit(main(["train", *sys.argv[2:]]))
 """
 
 
@@ -277,13 +284,9 @@ def test_two_gloo_processes_keep_identical_parameters(tmp_path: Path, dataset: P
 
 
 def test_trained_checkpoint_exports_to_onnx_and_matches(plain_run, tmp_path: Path) -> None:
-    onnx_export = pytest.importorskip("export.onnx", reason="export.onnx (the ONNX exporter) is not available")
-    ort = pytest.importorskip("onnxruntime")
-    from spade_deploy import io_spec
-
     trainer, _, _, run_dir = plain_run
-    assert onnx_export.main([str(run_dir / "checkpoints" / "latest.pt"), "--out", str(tmp_path),
-                             "--parity-samples", "1"]) == 0
+    assert cli.main(["export", "onnx", str(run_dir / "checkpoints" / "latest.pt"), "--out", str(tmp_path),
+                     "--parity-samples", "1"]) == 0
     labels = torch.stack([trainer.dataset[0, index]["label"] for index in (0, 1)])  # [2, 64, 64]
     session = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
     [exported] = session.run([io_spec.IMAGE_FLOAT], {io_spec.LABEL: labels.numpy().astype("uint8")})

@@ -1,0 +1,37 @@
+"""Argument groups shared by the subcommands, so one option is spelled and checked one way everywhere."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+
+from spade_deploy.model.config import PRESETS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, presets: Iterable[str] = PRESETS,
+                        preset_required: bool = False, preset_help: str | None = None,
+                        size_help: str = "the config's") -> argparse._ArgumentGroup:
+    """`--preset` and `--height/--width`: which dataset layout a model has, and the size it runs at."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", choices=sorted(presets), required=preset_required,
+                       help=preset_help or "dataset preset (label layout, PNG encoding) of an official checkpoint "
+                                           "without opt.txt")
+    group.add_argument("--height", type=positive_int, help=f"image height (default: {size_help})")
+    group.add_argument("--width", type=positive_int, help=f"image width (default: {size_help})")
+    return group
+
+
+def size_of(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(height, width) from `--height/--width`, None when neither is given; one alone is a `ValueError`."""
+    if (args.height is None) != (args.width is None):
+        raise ValueError("give --height and --width together (or neither, for the default size)")
+    return None if args.height is None else (args.height, args.width)

@@ -1,0 +1,118 @@
+"""`spade-deploy export onnx|trt CKPT --out DIR` (also `python -m export.onnx` / `python -m export.trt` from the
+repository root): fold, export `DIR/generator.onnx` (and `DIR/encoder.onnx`), check parity against eager PyTorch,
+optionally write a Triton repository; `trt` then builds TensorRT engines where TensorRT and a CUDA GPU exist.
+
+Exit status: 0 on success, 1 when the parity check fails, 2 on bad input (missing file, wrong size, …); `trt
+--require-engine` exits 3 when engines cannot be built here. Without `--require-engine` the engine step is skipped
+with the reason and the ONNX files are still written and checked.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spade_deploy.cli.arguments import add_model_arguments, positive_int, size_of
+from spade_deploy.export.metadata import GRAPHS, TOLERANCE
+from spade_deploy.model.config import NUM_UPSAMPLINGS
+from spade_deploy.serve.repository import VARIANTS
+
+EXIT_NO_ENGINE = 3
+ONNX_GRAPHS = ("sparse", "sparse-tensorrt", "dense")
+# Dense by default on GPUs: they have compute to spare, and the sparse graph's data-dependent shapes (NonZero) cost
+# a device sync per resolution. TensorRT builds NonZero but not Unique, hence `sparse-tensorrt`.
+TRT_GRAPHS = ("dense", "sparse-tensorrt")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a checkpoint to ONNX (and TensorRT), checked for parity",
+                                   description=__doc__.split("\n\n")[0])
+    kinds = parser.add_subparsers(dest="export_kind", required=True, metavar="KIND")
+    onnx = kinds.add_parser("onnx", help="ONNX graphs (+ a Triton repository)",
+                            description="Fold, export and check ONNX graphs (+ a Triton repository).")
+    add_arguments(onnx, graphs=ONNX_GRAPHS, default_graph="sparse", default_variant="cpu")
+    onnx.set_defaults(run=run_onnx)
+    trt = kinds.add_parser("trt", help="everything `onnx` does, then TensorRT engines",
+                           description="Everything `export onnx` does, then TensorRT engines for the generator (and "
+                                       "encoder) where TensorRT and a CUDA GPU exist.")
+    add_arguments(trt, graphs=TRT_GRAPHS, default_graph="dense", default_variant="gpu")
+    precision = trt.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", dest="fp16", action="store_true", default=True,
+                           help="FP16 engine, normalisation-sensitive layers in FP32 (default)")
+    precision.add_argument("--fp32", dest="fp16", action="store_false", help="FP32 engine")
+    trt.add_argument("--max-batch", type=positive_int, default=8, help="largest batch of the optimisation profile")
+    trt.add_argument("--require-engine", action="store_true",
+                     help="fail (exit 3) when TensorRT or a CUDA GPU is missing instead of skipping the engines")
+    trt.set_defaults(run=run_trt)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], default_graph: str,
+                  default_variant: str) -> None:
+    parser.add_argument("checkpoint", type=Path, help="generator checkpoint: ours, a training run's, or an "
+                                                        "official *_net_G.pth")
+    parser.add_argument("--encoder", type=Path, help="style encoder checkpoint (ours or an official *_net_E.pth)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    add_model_arguments(parser, size_help="the config's; the export's size is fixed")
+    parser.add_argument("--num-upsampling-layers", choices=sorted(NUM_UPSAMPLINGS),
+                        help="override what the weights cannot reveal (normal vs more)")
+    graph = parser.add_mutually_exclusive_group()
+    graph.add_argument("--graph", choices=graphs, default=default_graph,
+                       help="; ".join(f"{name}: {GRAPHS[name]}" for name in graphs)
+                       + f" (default here: {default_graph})")
+    graph.add_argument("--dense", dest="graph", action="store_const", const="dense", help="same as --graph dense")
+    parser.add_argument("--repository", type=Path,
+                        help="also write a Triton model repository here (serve it with `spade-deploy serve`)")
+    parser.add_argument("--variant", choices=VARIANTS, default=default_variant,
+                        help=f"Triton repository variant: cpu = python backend + ONNX Runtime (runs anywhere); "
+                             f"gpu = NVIDIA's Triton container (default here: {default_variant})")
+    parser.add_argument("--parity-samples", type=positive_int, default=2,
+                        help="random label-map batches in the parity check")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |Δ| allowed by the parity check")
+
+
+def run_onnx(args: argparse.Namespace) -> int:
+    export(args)
+    return 0
+
+
+def run_trt(args: argparse.Namespace) -> int:
+    from spade_deploy.export.pipeline import step
+    from spade_deploy.export.tensorrt import EngineOptions, build_engine, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason and args.require_engine:  # fail before minutes of export, not after
+        print(f"spade-deploy export trt: error: TensorRT engines are required (--require-engine), but {reason}",
+              file=sys.stderr)
+        return EXIT_NO_ENGINE
+    exported = export(args)
+    if reason:
+        print(f"TensorRT engine step skipped: {reason}. The ONNX files in {args.out} are ready for it.",
+              file=sys.stderr)
+        return 0
+    options = EngineOptions(fp16=args.fp16, max_batch=args.max_batch)
+    for onnx_path in (exported.generator_onnx, exported.encoder_onnx):
+        if onnx_path is not None:
+            with step(f"building the TensorRT engine for {onnx_path.name} ({'fp16' if options.fp16 else 'fp32'})"):
+                build_engine(onnx_path, onnx_path.with_suffix(".plan"), options)
+            print(f"wrote {onnx_path.with_suffix('.plan')}")
+    return 0
+
+
+def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exported
+    """The ONNX export of the parsed arguments, then the Triton repository if one was asked for."""
+    from spade_deploy.export.pipeline import export_onnx, step
+    from spade_deploy.serve.repository import write_repository
+
+    size = size_of(args)
+    height, width = size if size else (None, None)
+    exported = export_onnx(args.checkpoint, args.out, encoder=args.encoder, preset=args.preset,
+                           num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, height=height,
+                           width=width, parity_samples=args.parity_samples, tolerance=args.tolerance)
+    for path in (exported.generator_onnx, exported.encoder_onnx):
+        if path is not None:
+            print(f"wrote {path}")
+    if args.repository:
+        with step(f"writing the Triton model repository ({args.variant})"):
+            write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx, variant=args.variant)
+        print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")
+    return exported

@@ -1,0 +1,125 @@
+"""`spade-deploy train ...` (one process), or from the repository root `python -m training.train ...` and
+`torchrun --nproc_per_node N -m training.train ...`: train SPADE.
+
+    torchrun --nproc_per_node 8 -m training.train --preset ade20k --dataroot ADEChallengeData2016 \\
+        --batch-size 32 --epochs 200 --vgg-weights vgg19.pth --amp bf16 --run-dir runs/ade20k
+
+`--dry-run` prints the resolved options as JSON and exits; RUN/training_options.json holds the same tree.
+`--resume` continues RUN/checkpoints/latest.pt: rerun the original command with it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from spade_deploy.model.config import PRESETS, EncoderConfig, generator_preset
+from spade_deploy.training.discriminator import DiscriminatorConfig
+from spade_deploy.training.options import AMP_MODES, DataOptions, LossOptions, OptimOptions, RunOptions, TrainingOptions
+
+EMA_DEFAULT_DECAY = 0.999
+LOAD_SIZE_RATIO = 286 / 256  # the official presets resize to 286 before a random 256 crop
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a SPADE generator (torchrun for several GPUs)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `train` arguments on a parser of their own (tests, and `python -m training.train`)."""
+    parser = argparse.ArgumentParser(prog="spade-deploy train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--preset", choices=sorted(PRESETS), default="custom",
+                      help="dataset preset: label layout, sizes and directory layout (default: custom)")
+    data.add_argument("--dataroot", required=True, help="dataset folder in the preset's layout")
+    data.add_argument("--label-nc", type=int, help="number of classes without don't-care (required for custom)")
+    data.add_argument("--contain-dontcare-label", action="store_true", default=None,
+                      help="custom: the label maps use index label_nc (raw 255) for unknown")
+    data.add_argument("--use-instance", action="store_true", default=None,
+                      help="custom: add instance edges from DATAROOT/instances/*.png")
+    data.add_argument("--crop-size", type=int, help="output width (default: the preset's)")
+    data.add_argument("--load-size", type=int, help="square resize before the random crop (default: crop*286/256)")
+    data.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process (default: 2)")
+
+    model = parser.add_argument_group("model and losses")
+    model.add_argument("--ngf", type=int, default=64, help="generator (and encoder) base width (default: 64)")
+    model.add_argument("--spade-hidden", type=int, default=128,
+                       help="width of the SPADE modulation convs (default: 128, official)")
+    model.add_argument("--ndf", type=int, default=64, help="discriminator base width (default: 64)")
+    model.add_argument("--use-vae", action="store_true", help="train the style encoder with a KLD loss")
+    model.add_argument("--vgg-weights", help="VGG19 state dict (torchvision key names) for the perceptual loss")
+    model.add_argument("--no-vgg-loss", action="store_true", help="train without the VGG perceptual loss")
+
+    loop = parser.add_argument_group("optimisation")
+    loop.add_argument("--batch-size", type=int, default=1, help="global batch, split over the processes")
+    length = loop.add_mutually_exclusive_group(required=True)
+    length.add_argument("--max-steps", type=int, help="run length in optimiser steps")
+    length.add_argument("--epochs", type=int, help="run length in passes over the dataset")
+    loop.add_argument("--decay-start", type=float, default=0.5,
+                      help="fraction of the run after which the LRs decay linearly to 0 (default: 0.5)")
+    loop.add_argument("--ema", type=float, nargs="?", const=EMA_DEFAULT_DECAY, metavar="DECAY",
+                      help=f"keep an EMA of the generator (decay per step, default {EMA_DEFAULT_DECAY}); the "
+                           f"checkpoint's generator is then the EMA")
+    loop.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision (fp16: CUDA only)")
+    loop.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-dir", required=True, help="options, TensorBoard logs and checkpoints/")
+    run.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/latest.pt")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default: 1000)")
+    run.add_argument("--keep", type=int, default=3, help="step checkpoints kept beside latest.pt (default: 3)")
+    run.add_argument("--log-every", type=int, default=50, help="steps between logged losses (default: 50)")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
+
+
+def build_options(args: argparse.Namespace) -> TrainingOptions:
+    """The options tree of parsed arguments; `ValueError` for any inconsistent choice."""
+    overrides: dict[str, Any] = {"ngf": args.ngf, "spade_hidden": args.spade_hidden, "use_vae": args.use_vae}
+    for name in ("label_nc", "crop_size", "contain_dontcare_label", "use_instance"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    generator = generator_preset(args.preset, **overrides)
+    encoder = EncoderConfig.for_crop_size(generator.crop_size, ngf=args.ngf) if args.use_vae else None
+    if args.no_vgg_loss and args.vgg_weights:
+        raise ValueError("--no-vgg-loss and --vgg-weights contradict each other; pass one of them")
+    return TrainingOptions(
+        generator=generator,
+        encoder=encoder,
+        discriminator=DiscriminatorConfig(input_nc=generator.semantic_nc + 3, ndf=args.ndf),
+        data=DataOptions(
+            dataroot=args.dataroot,
+            preprocess="resize_and_crop" if generator.aspect_ratio == 1.0 else "fixed",
+            load_size=args.load_size or round(generator.crop_size * LOAD_SIZE_RATIO),
+            flip=not args.no_flip,
+            num_workers=args.num_workers,
+        ),
+        loss=LossOptions(lambda_vgg=0.0 if args.no_vgg_loss else LossOptions.lambda_vgg, vgg_weights=args.vgg_weights),
+        optim=OptimOptions(decay_start=args.decay_start, ema_decay=args.ema),
+        run=RunOptions(run_dir=args.run_dir, batch_size=args.batch_size, max_steps=args.max_steps,
+                       epochs=args.epochs, seed=args.seed, device=args.device, amp=args.amp,
+                       save_every=args.save_every, keep=args.keep, log_every=args.log_every),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from spade_deploy.training.loop import train
+
+    options = build_options(args)
+    if args.dry_run:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(json.dumps(options.to_dict(), indent=2))
+        return 0
+    train(options, resume=args.resume)
+    return 0

@@ -1,1 +1,0 @@
-"""Subcommands of the `spade-deploy` command line, one module each (see `spade_deploy.cli`)."""

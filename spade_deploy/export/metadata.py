@@ -1,0 +1,58 @@
+"""What an export is: the graphs it can hold, the tolerance it is checked to, and what its ONNX says about itself
+(model config, export size, graph) in its metadata.
+
+Torch-free: the runtime wrapper, the Triton repository writer, the served models and the CLI read it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from spade_deploy.model.config import GeneratorConfig
+
+CONFIG_KEY = "spade_deploy.generator_config"
+SIZE_KEY = "spade_deploy.size"
+GRAPH_KEY = "spade_deploy.graph"
+
+TOLERANCE = 1e-4  # max |delta| of every export against eager PyTorch on image_float (in [-1, 1]), mu and logvar
+
+# The deployment graphs (built by spade_deploy.export.graphs), all computing the eager model's function.
+GRAPHS: dict[str, str] = {
+    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window, Winograd main convs at low "
+              "resolution (fewest operations, for CPUs; ONNX Unique, NonZero, Gather)",
+    "sparse-tensorrt": "boundary-sparse without the window deduplication and direct convs: no ONNX Unique, so "
+                       "TensorRT builds it",
+    "dense": "folded only (every op dense)",
+    "plain": "the unmodified model (baselines only)",
+}
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    config: GeneratorConfig
+    height: int  # the fixed output size of the export
+    width: int
+    graph: str  # the name in spade_deploy.export.graphs.GRAPHS
+
+    def to_props(self) -> dict[str, str]:
+        return {CONFIG_KEY: json.dumps(self.config.to_dict()), SIZE_KEY: json.dumps([self.height, self.width]),
+                GRAPH_KEY: self.graph}
+
+
+def read_export_metadata(path: str | Path) -> ExportMetadata:
+    """The metadata of a generator ONNX written by `spade_deploy.export.onnx.export_generator_onnx`."""
+    if not Path(path).is_file():
+        raise ValueError(f"no such ONNX file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError and others for a file that is not a model
+        raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if CONFIG_KEY not in props:
+        raise ValueError(f"{path} was not written by spade-deploy's generator export (no {CONFIG_KEY} metadata)")
+    height, width = json.loads(props[SIZE_KEY])
+    return ExportMetadata(GeneratorConfig.from_dict(json.loads(props[CONFIG_KEY])), height, width,
+                          props.get(GRAPH_KEY, "unknown"))

@@ -1,0 +1,224 @@
+"""Boundary-sparse SPADE modulation: the same function as the folded graph, with the gamma/beta conv evaluated only
+where the label map is not locally constant.
+
+Inside a SPADE, `actv(q)` depends on the labels in the 3x3 window of q, and `[A, B](p) = conv(actv)(p)` on the actv
+in the 3x3 window of p. Where p's 5x5 window is one class c and inside the image, `[A, B](p)` is a per-class
+constant `ClassAB[c]` computed once at export. Call B5 the other pixels. By linearity of the conv,
+    AB(p) = b + sum_t T[code(p + d_t), t],    T[q, t] = W_t @ actv(q),
+with `code` a zero row outside the image (the conv's zero padding). So
+- actv and its matmul with the 9 taps are computed only for the pixels near B5, and only once per distinct 3x3
+  window: along a boundary the same few window patterns repeat (ONNX Unique; `unique_windows=False` keeps one row
+  per pixel, for TensorRT, which cannot build Unique);
+- on B5, AB is a 9-row gather and sum (once per distinct 5x5 window), everywhere else a table look-up;
+- the modulation `x * A + B` runs channels last, the layout of the look-ups, and so do the activations between
+  sparse blocks (upsampling included: `fold.upsample_last`); ONNX Runtime folds the transposes around direct convs
+  into their layout reorders;
+- the block's own 3x3 convs run as Winograd F(2x2, 3x3) on those channels-last activations where that pays
+  (`spade_deploy.export.winograd`, WINOGRAD_UP_TO), the one rewrite here of work that does not depend on the labels.
+All of it is standard ONNX (NonZero, Gather, MatMul, CumSum, Where, MaxPool, Unique). Blocks at resolutions where
+most pixels are boundary keep the dense folded path (see DENSE_BELOW).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spade_deploy.export.fold import (LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation, to_channels_first,
+                                      to_channels_last)
+from spade_deploy.export.winograd import WinogradConv3x3
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
+
+# Blocks whose label map is smaller than this (on its shorter side) run dense: there nearly every pixel is near a
+# label boundary and the sparse bookkeeping costs about what it saves (8, 16 and 32 px measure alike; A/B runs on
+# ADE20K 256x256 chose it).
+DENSE_BELOW = 16
+# Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd F(2x2, 3x3)
+# (spade_deploy.export.winograd): below it the MatMuls save more than the transforms cost, above it they do not
+# (A/B runs on ADE20K 256x256 chose it). The cost is size: Winograd weights are 16/9 of the 3x3 ones.
+WINOGRAD_UP_TO = 64
+
+
+class Level:
+    """Index bookkeeping of one resolution, shared by every block that runs at it.
+
+    Flat indices address a label map padded by 2 on each side (`[N, h + 4, w + 4]`), so every 3x3 neighbour of a
+    pixel within 1 of the image exists; padding positions carry the sentinel label.
+
+    With `unique_windows`, T is computed once per distinct window: `actv(q)` depends only on q's 3x3 label (and
+    edge) window, and AB(p) only on the T rows of p's 3x3 neighbours, so pixels with equal windows share rows. Along
+    a boundary the same few window patterns repeat (on synthetic 16-region maps, 5,492 A3 pixels at 256x256 have
+    624 distinct windows). It uses ONNX Unique, which TensorRT cannot build; without it every pixel keeps its row.
+    """
+
+    def __init__(self, labels: torch.Tensor, edge: torch.Tensor | None, num_labels: int,
+                 unique_windows: bool) -> None:
+        # labels: [N, h, w] int64; edge: [N, 1, h, w] float or None
+        batch, height, width = labels.shape
+        # A3: the 3x3 window is mixed, leaves the image (padding with -1 makes such windows mixed), or holds an
+        # instance edge. Label indices are exact in float32.
+        as_float = F.pad(labels.unsqueeze(1).float(), (1, 1, 1, 1), value=-1.0)  # [N, 1, h + 2, w + 2]
+        a3 = F.max_pool2d(as_float, 3, stride=1) != -F.max_pool2d(-as_float, 3, stride=1)  # [N, 1, h, w]
+        if edge is not None:
+            a3 = a3 | (F.max_pool2d(edge, 3, stride=1, padding=1) > 0)
+        b5 = F.max_pool2d(a3.float(), 3, stride=1, padding=1)  # A3 dilated: the 5x5 window is mixed
+        near = F.max_pool2d(b5, 3, stride=1, padding=1)  # B5 dilated: the pixels whose T rows B5 reads
+
+        offsets = torch.tensor([dy * (width + 4) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        near_padded = F.pad(near, (2, 2, 2, 2)).flatten() > 0  # [N * (h+4) * (w+4)]
+        near_taps = torch.nonzero(near_padded).flatten().unsqueeze(1) + offsets  # [P, 9] padded flat indices
+        windows = F.pad(labels, (2, 2, 2, 2), value=num_labels).flatten()[near_taps]  # [P, 9]
+        if edge is not None:
+            windows = torch.cat([windows, F.pad(edge, (2, 2, 2, 2)).flatten()[near_taps].long()], dim=1)
+        windows, inverse = _unique_rows(windows, unique_windows)
+        # Rows of the mlp_shared per-tap label tables ([9 * (labels + 1), 3 * hidden]) for each distinct window.
+        self.window_label_rows = windows[:, :9] + torch.arange(9) * (num_labels + 1)  # [U, 9]
+        self.window_edges = windows[:, 9:].float() if edge is not None else None  # [U, 9]
+        # Code of every padded position near B5: 1 + its window's row; elsewhere (in particular outside the image,
+        # the conv's zero padding) 0, a zero row. Row `code * 9 + t` of a modulation's table holds W_t @ actv there.
+        rank = torch.cumsum(near_padded.long(), 0) - 1
+        code = torch.where(near_padded, inverse[rank.clamp(min=0)] + 1, 0)
+        b5_flat = b5.flatten() > 0
+        b5_taps = torch.nonzero(F.pad(b5, (2, 2, 2, 2)).flatten() > 0).flatten().unsqueeze(1) + offsets
+        self.b5_rows, b5_inverse = _unique_rows(code[b5_taps] * 9 + torch.arange(9), unique_windows)  # [U5, 9]
+        # Assembly code of every pixel: its class (constant AB) or labels + its B5 row.
+        b5_rank = torch.cumsum(b5_flat.long(), 0) - 1
+        self.assembly = torch.where(b5_flat, num_labels + b5_inverse[b5_rank.clamp(min=0)],
+                                    labels.flatten()).view(batch, height, width)
+
+
+def _unique_rows(rows: torch.Tensor, unique: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct rows, index of each row among them), or every row as its own when not `unique`."""
+    if unique:
+        return torch.unique(rows, dim=0, return_inverse=True)
+    return rows, torch.arange(rows.shape[0])
+
+
+class SparseModulation(nn.Module):
+    """One SPADE as `norm(x) * A + B`, with `[A, B]` a per-class constant off B5 and, on B5,
+    `b + sum_t T[code(p + d_t), t]`: T holds `W_t @ actv(q)` for the windows near B5 and a zero row for the
+    conv's padding."""
+
+    def __init__(self, spade: SPADE, class_actv: torch.Tensor) -> None:
+        super().__init__()
+        dense = Modulation(spade)  # batch-norm folding and gamma/beta merging, as in the dense graph
+        weight = dense.affine.weight.detach().double()  # [2C, hidden, k, k]
+        bias = dense.affine.bias.detach().double()
+        out_channels, hidden = weight.shape[:2]  # 3x3 kernels: sparse_generator keeps other sizes dense
+        self.channels = out_channels // 2
+        taps = weight.permute(1, 2, 3, 0).reshape(hidden, 9, out_channels)  # [hidden, t, 2C]: W_t
+        class_taps = torch.einsum("kh,htc->ktc", class_actv, taps)  # [labels, 9, 2C]
+        self.register_buffer("class_ab", (class_taps.sum(1) + bias).float())  # [labels, 2C]
+        self.register_buffer("bias", bias.float())
+        self.register_buffer("tap_weight", taps.reshape(hidden, 9 * out_channels).float())
+
+    def forward(self, x: torch.Tensor, actv: torch.Tensor, level: Level) -> torch.Tensor:
+        # x: [N, h, w, C], channels last like the table look-ups (and instance-normalised by the block where the
+        # SPADE uses instance norm); actv: [1 + U, hidden]: a zero row (the padding), then the actv of each window.
+        # One matmul gives the whole table T, rows `code * 9 + t`.
+        table = (actv @ self.tap_weight).view(-1, 2 * self.channels)  # [(1 + U) * 9, 2C]
+        boundary = F.embedding(level.b5_rows, table).sum(1) + self.bias  # [U5, 2C]
+        c = self.channels
+        # A and B gathered separately: slicing a dense [N, h, w, 2C] map would copy it once more.
+        scale = F.embedding(level.assembly, torch.cat([self.class_ab[:, :c], boundary[:, :c]]))  # [N, h, w, C]
+        shift = F.embedding(level.assembly, torch.cat([self.class_ab[:, c:], boundary[:, c:]]))
+        return x * scale + shift
+
+
+class SparseResBlock(nn.Module):
+    """A SPADE residual block whose SPADEs share the label bookkeeping of their resolution and one look-up of their
+    hidden activations. It takes and returns channels-last activations `[N, h, w, C]`, the layout of the look-ups."""
+
+    channels_last = True
+
+    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
+                 winograd: bool = False) -> None:
+        super().__init__()
+        dense = FoldedResBlock(block, config)
+        num_labels = config.num_label_channels
+        self.hidden = config.spade_hidden
+        self.unique_windows = unique_windows
+        shared = dense.shared  # LabelConv of the fused mlp_shared convs: tables [9, labels + 1, 3 * hidden]
+        self.register_buffer("label_taps", shared.tables.reshape(9 * (num_labels + 1), -1))
+        self.register_buffer("shared_bias", shared.bias.flatten())
+        self.register_buffer("edge_weight", None if shared.edge_weight is None
+                             else shared.edge_weight.flatten(1).t().contiguous())  # [9, 3 * hidden]
+        self.num_labels = num_labels
+        # The actv of a pixel amid its class: what makes AB a per-class constant off B5.
+        class_actv = F.relu(shared.tables[:, :num_labels].double().sum(0) + shared.bias.flatten().double())
+        spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
+        mods = [SparseModulation(spade, class_actv[:, i * self.hidden:(i + 1) * self.hidden])
+                for i, spade in enumerate(spades)]
+        self.mod_0, self.mod_1 = mods[0], mods[1]
+        main = WinogradConv3x3 if winograd else ChannelsLastConv
+        self.conv_0, self.conv_1 = main(dense.conv_0), main(dense.conv_1)
+        self.learned_shortcut = block.learned_shortcut
+        if self.learned_shortcut:
+            self.mod_s, self.conv_s = mods[2], ChannelsLastConv(dense.conv_s)
+        norm = block.norm_0.param_free_norm  # the same kind and eps in every SPADE of a block
+        self.instance_norm_eps = norm.eps if isinstance(norm, nn.InstanceNorm2d) else None
+
+    def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> Level:
+        return Level(labels, edge, self.num_labels, self.unique_windows)
+
+    def forward(self, x: torch.Tensor, level: Level) -> torch.Tensor:
+        # x: [N, h, w, C]. The modulations and the convs run channels last too: ONNX Runtime folds the transposes
+        # next to direct convs into their own layout reorders and cancels the pairs around Winograd ones.
+        actv = F.embedding(level.window_label_rows, self.label_taps).sum(1) + self.shared_bias  # [U, 3 * hidden]
+        if self.edge_weight is not None:
+            actv = actv + level.window_edges @ self.edge_weight
+        actv = torch.cat([actv.new_zeros(1, actv.shape[1]), F.relu(actv)]).split(self.hidden, dim=1)
+        normalized = self.normalize(x)
+        x_s = self.conv_s(self.mod_s(normalized, actv[2], level)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.mod_0(normalized, actv[0], level), LEAKY_SLOPE))
+        dx = self.conv_1(F.leaky_relu(self.mod_1(self.normalize(dx), actv[1], level), LEAKY_SLOPE))
+        return x_s + dx
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The SPADEs' parameter-free norm where it is instance norm (batch norm is folded into the tables); one
+        for the SPADEs that share an input."""
+        if self.instance_norm_eps is None:
+            return x
+        # A unit scale and zero shift given explicitly: without them the ONNX exporter needs a static channel count,
+        # which it loses through the reshape of `fold.upsample_last`.
+        ones = x.new_ones(x.shape[-1])
+        normalized = F.instance_norm(to_channels_first(x), weight=ones, bias=torch.zeros_like(ones),
+                                     eps=self.instance_norm_eps)
+        return to_channels_last(normalized)
+
+
+class ChannelsLastConv(nn.Module):
+    """A conv on channels-last tensors, `[N, h, w, C]` -> `[N, h, w, O]`, like `WinogradConv3x3`."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_channels_last(self.conv(to_channels_first(x)))
+
+
+def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
+                     dense_below: int = DENSE_BELOW, unique_windows: bool = True,
+                     winograd_up_to: int = WINOGRAD_UP_TO) -> FoldedGenerator:
+    """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
+    (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
+    window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
+    most `winograd_up_to` on their shorter side (and even in both) run as Winograd F(2x2, 3x3); 0 turns it off."""
+    graph = FoldedGenerator(generator)
+    if generator.config.spade_kernel != 3:
+        warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
+                      f"{generator.config.spade_kernel}, so every block stays dense", stacklevel=2)
+        return graph.eval()
+    default_height, default_width = generator.config.image_size
+    height, width = height or default_height, width or default_width
+    for index, (name, factor) in enumerate(zip(graph.block_names, graph.factors)):
+        block_height, block_width = height // factor, width // factor
+        if min(block_height, block_width) >= dense_below:
+            winograd = (min(block_height, block_width) <= winograd_up_to and block_height % 2 == 0
+                        and block_width % 2 == 0)
+            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows, winograd)
+    return graph.eval()

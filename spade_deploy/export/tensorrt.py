@@ -1,0 +1,123 @@
+"""TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API; `tensorrt` is imported lazily).
+
+Written against the documented TensorRT 10 API (Builder, OnnxParser, IBuilderConfig, IOptimizationProfile). It cannot
+run on the development and CI machines (no GPU, TensorRT not installable there); its test skips with the reason.
+FP16 builds keep the normalisation-sensitive layers in FP32: instance normalisation (its variance loses precision in
+half), the last conv and the tanh (they decide the 8-bit output). TensorRT 11 drops the weakly-typed FP16 flag this
+relies on, hence the `tensorrt<11` pin of the `gpu` extra.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from spade_deploy.errors import Failure
+from spade_deploy.files import atomic_path
+
+WORKSPACE_BYTES = 4 << 30
+# Style images of any size go through the encoder; the engine accepts this range (opt = the official 256).
+STYLE_SIDE_RANGE = (32, 256, 1024)
+
+
+class EngineUnavailable(Failure):
+    """TensorRT or a CUDA GPU is missing: engines cannot be built on this machine."""
+
+
+def unavailable_reason() -> str | None:
+    """Why engines cannot be built here, or None when TensorRT and a CUDA GPU are present."""
+    try:
+        import tensorrt  # noqa: F401  (only probing)
+    except ImportError:
+        return "TensorRT is not installed (pip install 'spade-deploy[gpu]' on a machine with an NVIDIA GPU)"
+    import torch
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    fp16: bool = True  # FP16 kernels, normalisation-sensitive layers pinned to FP32
+    max_batch: int = 8  # optimisation profile: batch 1..max_batch, tuned for max_batch
+
+
+def fp32_node_names(onnx_path: Path) -> set[str]:
+    """ONNX nodes that must stay FP32: instance norms, and the last conv and tanh before the image output."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    names = {node.name for node in graph.node if node.op_type == "InstanceNormalization"}
+    producer = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        if node.op_type == "Tanh":
+            names.add(node.name)
+            conv = producer.get(node.input[0])
+            if conv is not None and conv.op_type == "Conv":
+                names.add(conv.name)
+    return names
+
+
+def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> dict[str, Any]:
+    """Build and write `engine_path` (atomically) plus `<engine>.json` metadata; returns the metadata."""
+    reason = unavailable_reason()
+    if reason:
+        raise EngineUnavailable(reason)
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        minimum, optimum, maximum = _profile_shapes(list(tensor.shape), options.max_batch)
+        profile.set_shape(tensor.name, minimum, optimum, maximum)
+    config.add_optimization_profile(profile)
+
+    if options.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        pinned = fp32_node_names(onnx_path)
+        for index in range(network.num_layers):
+            layer = network.get_layer(index)
+            # The ONNX parser names a layer after its node (multi-layer nodes add a suffix).
+            if layer.type == trt.LayerType.NORMALIZATION or any(layer.name.startswith(name) for name in pinned):
+                layer.precision = trt.float32
+                for output in range(layer.num_outputs):
+                    if layer.get_output_type(output) in (trt.float16, trt.float32):
+                        layer.set_output_type(output, trt.float32)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    _write_atomically(engine_path, bytes(serialized))
+    metadata = {"tensorrt_version": trt.__version__, "gpu": torch.cuda.get_device_name(0),
+                "precision": "fp16 (norm/last conv/tanh fp32)" if options.fp16 else "fp32",
+                "max_batch": options.max_batch, "onnx": onnx_path.name}
+    _write_atomically(engine_path.with_suffix(engine_path.suffix + ".json"),
+                      json.dumps(metadata, indent=2).encode())
+    return metadata
+
+
+def _profile_shapes(shape: list[int], max_batch: int) -> tuple[list[int], list[int], list[int]]:
+    """min/opt/max for one input: batch 1..max_batch; the style image's free sides over STYLE_SIDE_RANGE."""
+    low, typical, high = STYLE_SIDE_RANGE
+    minimum = [1] + [dim if dim >= 0 else low for dim in shape[1:]]
+    optimum = [max_batch] + [dim if dim >= 0 else typical for dim in shape[1:]]
+    maximum = [max_batch] + [dim if dim >= 0 else high for dim in shape[1:]]
+    return minimum, optimum, maximum
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)

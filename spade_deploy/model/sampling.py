@@ -1,0 +1,31 @@
+"""Where the randomness lives: seeded latents and the reparameterisation (never inside a network's forward).
+
+In numpy, so that the served pipeline (which runs without torch) and the library draw the same latent for a seed on
+every machine; `spade_deploy.model.tensors.sample_z` hands the same numbers to PyTorch.
+"""
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+
+Array = TypeVar("Array")  # a numpy array or a torch tensor
+
+
+def sample_latent(batch: int, z_dim: int, seed: int | None = None) -> np.ndarray:
+    """A standard-normal latent `[batch, z_dim]` float32; the same seed gives the same latent everywhere (None:
+    fresh entropy). Any int64 seed is taken (as its 64-bit two's complement: numpy seeds are non-negative)."""
+    entropy = None if seed is None else int(seed) % 2 ** 64
+    return np.random.default_rng(entropy).standard_normal((batch, z_dim), dtype=np.float32)
+
+
+def reparameterize(mu: Array, logvar: Array, eps: Array) -> Array:
+    """`mu + eps * exp(logvar / 2)`: a sample of the encoder's posterior (numpy arrays, or torch tensors with their
+    gradients, as training needs)."""
+    std = np.exp(0.5 * logvar) if isinstance(logvar, np.ndarray) else (0.5 * logvar).exp()
+    return mu + eps * std
+
+
+def sample_posterior(mu: np.ndarray, logvar: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """`reparameterize` with `eps = sample_latent(..., seed)`: a seeded sample around a style's mean."""
+    return reparameterize(mu, logvar, sample_latent(mu.shape[0], mu.shape[1], seed)).astype(np.float32)

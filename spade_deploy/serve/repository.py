@@ -1,0 +1,206 @@
+"""Write a Triton model repository for an exported SPADE model, from the same I/O contract as the ONNX export.
+
+Layout (one directory per model, `config.pbtxt` + version `1/`):
+- `spade_generator`: label (+ instance) (+ z) -> image, image_float;
+- `spade_encoder` (with an encoder ONNX): style -> mu, logvar;
+- `spade`: the user-facing pipeline (`triton_models/pipeline.py`), label (+ instance) (+ style) (+ seed) -> image.
+
+Variants: `cpu` runs the generator and encoder graphs in ONNX Runtime inside python-backend models
+(`triton_models/onnx_model.py`), the only backend the tritonserver of the nvidia-pytriton wheel has; `gpu` is for
+NVIDIA's Triton container: the graphs in the onnxruntime backend on KIND_GPU instances, the generator through the
+TensorRT execution accelerator. Both use the same pipeline model, which imports spade_deploy (numpy only, no torch):
+in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. Configs are built as
+`ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field name is checked.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from spade_deploy.export.metadata import read_export_metadata
+from spade_deploy.model import io_spec
+from spade_deploy.model.config import ENCODER_LATENT, GeneratorConfig
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, PARAMETER, describe
+
+Variant = Literal["cpu", "gpu"]
+VARIANTS: tuple[str, ...] = ("cpu", "gpu")
+TEMPLATES = Path(__file__).resolve().parent / "triton_models"  # package data: the python-backend model sources
+MODEL_NAMES = (io_spec.GENERATOR_MODEL, io_spec.ENCODER_MODEL, io_spec.PIPELINE_MODEL)
+# How long the dynamic batcher waits to fill a batch, per variant. cpu: on a CPU a batch costs about the sum of its
+# items, so waiting buys no throughput, while a full batch on one instance leaves the other core idle: 0 (requests
+# that queue while both instances are busy still batch); `spade-deploy bench --served --queue-delay-us` measures it.
+# gpu: not measurable here; 2 ms is a common start on a GPU, where a batch costs little more than one item.
+QUEUE_DELAY_US: dict[str, int] = {"cpu": 0, "gpu": 2000}
+WARMUP_SIZE = 256  # height and width of the zero style image that warms up the encoder (it takes any size)
+TRT_ENGINE_CACHE = "/tmp/spade-deploy-trt-cache"  # gpu variant: TensorRT engines are built at first load, then reused
+
+
+def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_onnx: str | Path | None = None, *,
+                     variant: Variant = "cpu", max_batch_size: int = 8, instances: int = 2,
+                     intra_op_threads: int = 1, queue_delay_us: int | None = None) -> list[Path]:
+    """Write the repository for exported ONNX graphs into `repo_dir` (replacing an earlier spade repository there)
+    and return the written `config.pbtxt` paths. The generator's config and size come from its ONNX metadata;
+    `queue_delay_us` defaults to the variant's `QUEUE_DELAY_US`."""
+    repo_dir, generator_onnx = Path(repo_dir), Path(generator_onnx)
+    encoder_onnx = Path(encoder_onnx) if encoder_onnx is not None else None
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    for name, value in (("max_batch_size", max_batch_size), ("instances", instances),
+                        ("intra_op_threads", intra_op_threads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if queue_delay_us is None:
+        queue_delay_us = QUEUE_DELAY_US[variant]
+    if not isinstance(queue_delay_us, int) or queue_delay_us < 0:
+        raise ValueError(f"queue_delay_us must be a non-negative integer (microseconds), got {queue_delay_us!r}")
+    for path in (generator_onnx, encoder_onnx):
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such ONNX file: {path}")
+    metadata = read_export_metadata(generator_onnx)
+    config, height, width = metadata.config, metadata.height, metadata.width
+    if encoder_onnx is not None:
+        _check_encoder_fits(config)
+    _check_replaceable(repo_dir)
+
+    described = describe(config, height, width)
+    common = dict(max_batch_size=max_batch_size, instances=instances, queue_delay_us=queue_delay_us,
+                  described=described)
+    models: dict[str, tuple[mc.ModelConfig, dict[str, Path]]] = {}
+    generator_io = io_spec.generator_io(config, height, width)
+    encoder_io = io_spec.encoder_io()
+    if variant == "cpu":
+        runner = {"model.py": TEMPLATES / "onnx_model.py"}
+        models[io_spec.GENERATOR_MODEL] = (_python_config(io_spec.GENERATOR_MODEL, generator_io, intra_op_threads,
+                                                          **common), runner | {"model.onnx": generator_onnx})
+        if encoder_onnx is not None:
+            models[io_spec.ENCODER_MODEL] = (_python_config(io_spec.ENCODER_MODEL, encoder_io, intra_op_threads,
+                                                            **common), runner | {"model.onnx": encoder_onnx})
+    else:
+        models[io_spec.GENERATOR_MODEL] = (_onnxruntime_gpu_config(io_spec.GENERATOR_MODEL, generator_io,
+                                                                   tensorrt=True, **common),
+                                           {"model.onnx": generator_onnx})
+        if encoder_onnx is not None:
+            # No TensorRT for the encoder: its input takes any image size, and TensorRT would build an engine per
+            # new size; it is cheap (about 1/100 of the generator) on plain CUDA.
+            models[io_spec.ENCODER_MODEL] = (_onnxruntime_gpu_config(io_spec.ENCODER_MODEL, encoder_io,
+                                                                     tensorrt=False, **common),
+                                             {"model.onnx": encoder_onnx})
+    pipeline_io = io_spec.pipeline_io(config, height, width, has_encoder=encoder_onnx is not None)
+    # No warmup for the pipeline: its work is BLS calls into the other models, which may still be loading when its
+    # warmup would run (Triton loads models in parallel); they are warmed up themselves.
+    pipeline = _base_config(io_spec.PIPELINE_MODEL, pipeline_io, warmup=False, kind=mc.ModelInstanceGroup.KIND_CPU,
+                            **common)
+    pipeline.backend = "python"
+    models[io_spec.PIPELINE_MODEL] = (pipeline, {"model.py": TEMPLATES / "pipeline.py"})
+    return _write_atomically(repo_dir, models)
+
+
+def _check_encoder_fits(config: GeneratorConfig) -> None:
+    if not config.use_vae:
+        raise ValueError("an encoder ONNX was given, but the generator is not a VAE generator (use_vae=False): it "
+                         "takes no latent, so a style image has nothing to set; export without the encoder")
+    if config.z_dim != ENCODER_LATENT:
+        raise ValueError(f"the encoder produces {ENCODER_LATENT}-dim latents but the generator takes "
+                         f"z_dim={config.z_dim}; the style path needs z_dim={ENCODER_LATENT}")
+
+
+def _check_replaceable(repo_dir: Path) -> None:
+    """Only an absent or empty directory, or an earlier spade repository, may be (re)written."""
+    if repo_dir.exists() and not repo_dir.is_dir():
+        raise ValueError(f"repository path {repo_dir} exists and is not a directory")
+    if repo_dir.is_dir():
+        foreign = sorted(entry.name for entry in repo_dir.iterdir() if entry.name not in MODEL_NAMES)
+        if foreign:
+            raise ValueError(f"{repo_dir} holds {foreign}, which are not spade models; write the repository to an "
+                             f"empty or new directory")
+
+
+def _base_config(name: str, io: io_spec.ModelIO, *, max_batch_size: int, instances: int, queue_delay_us: int,
+                 described: str, warmup: bool, kind: int) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
+    for spec in io.inputs:
+        config.input.add(name=spec.name, data_type=_data_type(spec), dims=spec.dims, optional=spec.optional)
+    for spec in io.outputs:
+        config.output.add(name=spec.name, data_type=_data_type(spec), dims=spec.dims)
+    config.instance_group.add(count=instances, kind=kind)
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    config.parameters[PARAMETER].string_value = described
+    if warmup:
+        sample = config.model_warmup.add(name="zeros", batch_size=1)
+        for spec in io.inputs:
+            sample.inputs[spec.name].data_type = _data_type(spec)
+            sample.inputs[spec.name].dims.extend(WARMUP_SIZE if dim < 0 else dim for dim in spec.dims)
+            sample.inputs[spec.name].zero_data = True
+    return config
+
+
+def _python_config(name: str, io: io_spec.ModelIO, intra_op_threads: int, **common: Any) -> mc.ModelConfig:
+    config = _base_config(name, io, warmup=True, kind=mc.ModelInstanceGroup.KIND_CPU, **common)
+    config.backend = "python"
+    config.parameters[INTRA_OP_THREADS].string_value = str(intra_op_threads)
+    return config
+
+
+def _onnxruntime_gpu_config(name: str, io: io_spec.ModelIO, *, tensorrt: bool, **common: Any) -> mc.ModelConfig:
+    config = _base_config(name, io, warmup=True, kind=mc.ModelInstanceGroup.KIND_GPU, **common)
+    config.backend = "onnxruntime"
+    config.default_model_filename = "model.onnx"
+    if tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        # FP32 keeps the served image within the tolerance of the PyTorch model; FP16 is a deliberate user choice.
+        accelerator.parameters.update({
+            "precision_mode": "FP32",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": TRT_ENGINE_CACHE,
+            # One optimisation profile over every batch size, so a new batch size never triggers an engine rebuild.
+            "trt_profile_min_shapes": _profile(io, 1),
+            "trt_profile_opt_shapes": _profile(io, common["max_batch_size"]),
+            "trt_profile_max_shapes": _profile(io, common["max_batch_size"]),
+        })
+    return config
+
+
+def _profile(io: io_spec.ModelIO, batch: int) -> str:
+    return ",".join(f"{spec.name}:" + "x".join(str(dim) for dim in (batch, *spec.dims)) for spec in io.inputs)
+
+
+def _data_type(spec: io_spec.TensorSpec) -> int:
+    return mc.DataType.Value(f"TYPE_{spec.triton_dtype}")
+
+
+def _write_atomically(repo_dir: Path, models: dict[str, tuple[mc.ModelConfig, dict[str, Path]]]) -> list[Path]:
+    """Build the whole repository beside `repo_dir`, then swap it in: a server never sees half a repository, and
+    a model left over from an earlier export (an encoder that is no longer exported) does not survive."""
+    repo_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=repo_dir.parent, prefix=f".{repo_dir.name}.", suffix=".tmp"))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp folders are owner-only; a server may run as another user
+    old = repo_dir.with_name(f".{repo_dir.name}.{os.getpid()}.old")
+    try:
+        for name, (config, files) in models.items():
+            version = staging / name / "1"
+            version.mkdir(parents=True)
+            (staging / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+            for target, source in files.items():
+                shutil.copyfile(source, version / target)
+        if repo_dir.exists():
+            repo_dir.rename(old)
+        staging.rename(repo_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not repo_dir.exists():
+            old.rename(repo_dir)  # the earlier repository stays as it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return [repo_dir / name / "config.pbtxt" for name in models]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

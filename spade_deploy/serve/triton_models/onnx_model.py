@@ -1,0 +1,63 @@
+"""Triton python-backend model of the CPU variant: one exported ONNX graph (`spade_generator` or `spade_encoder`)
+run in ONNX Runtime. spade_deploy.serve.repository copies this file to `<model>/1/model.py` beside `model.onnx`.
+
+Inputs, outputs and their dtypes come from this model's config.pbtxt (written from spade_deploy.model.io_spec); the
+model description (`spade_model` parameter) gives the label range to check. One response per request: a bad request gets
+an error response and the instance keeps serving.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from spade_deploy.export.runtime import make_session
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel, check_request
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.model = ServedModel.from_model_config(config)
+        threads = int(config["parameters"][INTRA_OP_THREADS]["string_value"])
+        self.session = make_session(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
+                                    threads=threads)
+        self.outputs = {spec["name"]: pb_utils.triton_string_to_numpy(
+            pb_utils.get_output_config_by_name(config, spec["name"])["data_type"]) for spec in config["output"]}
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        # Requests run as one ONNX batch when their items have the same shapes (styles may differ in size).
+        groups = {}
+        for index, request in enumerate(requests):
+            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.model.inputs}
+            try:
+                check_request(arrays, self.model)
+            except ValueError as error:
+                responses[index] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+                continue
+            key = tuple((name, array.shape[1:]) for name, array in arrays.items())
+            groups.setdefault(key, []).append((index, arrays))
+        for members in groups.values():
+            feed = {name: np.concatenate([arrays[name] for _, arrays in members]) for name in self.model.inputs}
+            try:
+                results = self.session.run(list(self.outputs), feed)
+            except Exception as error:  # ONNX Runtime failed on this batch: answer it, keep the instance alive
+                for index, _ in members:
+                    responses[index] = _error(f"ONNX Runtime failed: {error}", pb_utils.TritonError.INTERNAL)
+                continue
+            start = 0
+            for index, arrays in members:
+                stop = start + len(arrays[self.model.inputs[0]])
+                responses[index] = pb_utils.InferenceResponse([
+                    pb_utils.Tensor(name, result[start:stop].astype(dtype, copy=False))
+                    for (name, dtype), result in zip(self.outputs.items(), results)])
+                start = stop
+        return responses
+
+    def finalize(self):
+        self.session = None
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

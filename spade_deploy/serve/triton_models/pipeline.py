@@ -1,0 +1,105 @@
+"""Triton python-backend model `spade`: the user-facing pipeline (label map (+ instances) (+ style or seed) -> image).
+
+spade_deploy.serve.repository copies this file to `spade/1/model.py` in both variants. It calls `spade_encoder` and
+`spade_generator` through BLS (business-logic scripting) instead of running their graphs itself, because
+- the same file then serves the GPU variant, whose generator is a TensorRT/ONNX Runtime model in another backend;
+- direct generator calls and pipeline calls share the generator's dynamic batcher, instances and one copy of the
+  weights;
+- a conditional step (encode a style, or sample from a seed) cannot be written as an ensemble.
+
+Latent of a VAE model, per item i (the library's own functions, so a served seed reproduces a local one):
+- style given, no seed: z_i = mu_i of the encoder (deterministic);
+- style and seed:       z_i = sample_posterior(mu_i, logvar_i, seed_i), as `encode_style(..., seed=seed_i)`;
+- seed only:            z_i = sample_latent(1, z_dim, seed_i), as `sample_z(1, z_dim, seed_i)`;
+- neither:              as seed only, with a fresh random seed per item.
+No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast.
+"""
+import json
+import secrets
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from spade_deploy.model import io_spec
+from spade_deploy.model.sampling import sample_latent, sample_posterior
+from spade_deploy.serve.served_model import ServedModel, check_request
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.model = ServedModel.from_model_config(config)
+        self.image_dtype = pb_utils.triton_string_to_numpy(
+            pb_utils.get_output_config_by_name(config, io_spec.IMAGE)["data_type"])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        accepted = []  # (request index, generator inputs)
+        for index, request in enumerate(requests):
+            arrays = {}
+            for name in self.model.inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:  # style and seed are optional
+                    arrays[name] = tensor.as_numpy()
+            try:
+                check_request(arrays, self.model)
+                feed = {name: arrays[name] for name in (io_spec.LABEL, io_spec.INSTANCE) if name in arrays}
+                if self.model.config.use_vae:
+                    feed[io_spec.Z] = self._latents(arrays)
+            except ValueError as error:
+                responses[index] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+                continue
+            except StageError as error:
+                responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
+                continue
+            accepted.append((index, feed))
+        if not accepted:
+            return responses
+        # The dynamic batcher already gathered these requests: one generator call for all of them.
+        batch = {name: np.concatenate([feed[name] for _, feed in accepted]) for name in accepted[0][1]}
+        try:
+            (images,) = _infer(io_spec.GENERATOR_MODEL, batch, [io_spec.IMAGE])
+        except StageError as error:
+            for index, _ in accepted:
+                responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
+            return responses
+        start = 0
+        for index, feed in accepted:
+            stop = start + len(feed[io_spec.LABEL])
+            responses[index] = pb_utils.InferenceResponse(
+                [pb_utils.Tensor(io_spec.IMAGE, images[start:stop].astype(self.image_dtype, copy=False))])
+            start = stop
+        return responses
+
+    def _latents(self, arrays):
+        """`[n, z_dim]` float32 latents of one request (see the module docstring)."""
+        count = len(arrays[io_spec.LABEL])  # Triton has checked that every input has this batch size
+        seeds = ([int(seed) for seed in arrays[io_spec.SEED][:, 0]] if io_spec.SEED in arrays
+                 else [secrets.randbits(63) for _ in range(count)])
+        if io_spec.STYLE not in arrays:
+            return np.concatenate([sample_latent(1, self.model.config.z_dim, seed) for seed in seeds])
+        mu, logvar = _infer(io_spec.ENCODER_MODEL, {io_spec.STYLE: arrays[io_spec.STYLE]},
+                            [io_spec.MU, io_spec.LOGVAR])
+        if io_spec.SEED not in arrays:
+            return mu
+        return np.concatenate([sample_posterior(mu[i:i + 1], logvar[i:i + 1], seed) for i, seed in enumerate(seeds)])
+
+
+class StageError(RuntimeError):
+    """The encoder or generator model answered with an error (or is not loaded)."""
+
+
+def _infer(model_name, inputs, output_names):
+    """A BLS request to another model of this server; outputs as numpy arrays in host memory."""
+    request = pb_utils.InferenceRequest(
+        model_name=model_name, requested_output_names=output_names,
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+    response = request.exec()
+    if response.has_error():
+        raise StageError(f"{model_name}: {response.error().message()}")
+    return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names]
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

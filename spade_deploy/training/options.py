@@ -1,0 +1,153 @@
+"""The one options tree of a training run: what `--dry-run` prints and `RUN/training_options.json` holds.
+
+Every part is a small frozen dataclass that checks itself; the networks get their own configs out of it, never the
+whole tree. `check_resumable` decides which differences a `--resume` may bring (paths, devices, the run length).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from spade_deploy.model.config import ENCODER_LATENT, EncoderConfig, GeneratorConfig
+from spade_deploy.training.discriminator import DiscriminatorConfig
+
+Preprocess = Literal["resize_and_crop", "fixed"]
+Amp = Literal["none", "bf16", "fp16"]
+PREPROCESS_MODES = ("resize_and_crop", "fixed")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    dataroot: str  # dataset folder, in the layout of the generator's preset
+    preprocess: Preprocess = "resize_and_crop"  # official preprocess_mode: resize square + random crop, or fixed size
+    load_size: int = 286  # square size before the random crop (resize_and_crop only)
+    flip: bool = True  # random horizontal flips
+    num_workers: int = 2  # DataLoader worker processes per rank
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {list(PREPROCESS_MODES)}, got {self.preprocess!r}")
+        if self.load_size < 1 or self.num_workers < 0:
+            raise ValueError(f"load_size must be positive and num_workers >= 0, got {self.load_size}, "
+                             f"{self.num_workers}")
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    lambda_feat: float = 10.0  # discriminator feature matching (L1), divided by the number of scales
+    lambda_vgg: float = 10.0  # VGG19 perceptual loss; 0 trains without it (--no-vgg-loss)
+    lambda_kld: float = 0.05  # KL divergence of the encoder's posterior (a sum over the batch)
+    vgg_weights: str | None = None  # torchvision-layout VGG19 state dict (features.N.weight / bias)
+
+    def __post_init__(self) -> None:
+        if self.lambda_vgg > 0 and not self.vgg_weights:
+            raise ValueError("the VGG perceptual loss needs VGG19 weights: pass --vgg-weights PATH (a torchvision "
+                             "vgg19 state dict saved with torch.save), or train without it with --no-vgg-loss")
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    lr_g: float = 1e-4  # TTUR: generator (and encoder) learning rate
+    lr_d: float = 4e-4  # TTUR: discriminator learning rate
+    beta1: float = 0.0  # Adam betas of the official TTUR setting
+    beta2: float = 0.9
+    decay_start: float = 0.5  # fraction of the run after which the LRs fall linearly to 0 (1.0: constant)
+    ema_decay: float | None = None  # EMA of the generator per step; None: no EMA
+    ema_bn_batches: int = 8  # batches that re-estimate the EMA generator's batch-norm statistics before a save
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise ValueError(f"decay_start is a fraction of the run in [0, 1], got {self.decay_start}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema decay must lie in (0, 1), e.g. 0.999, got {self.ema_decay}")
+        if self.ema_bn_batches < 1:
+            raise ValueError(f"ema_bn_batches must be positive, got {self.ema_bn_batches}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    run_dir: str  # holds training_options.json, TensorBoard logs and checkpoints/
+    batch_size: int = 1  # global batch: split evenly over the ranks
+    max_steps: int | None = None  # run length in optimiser steps ...
+    epochs: int | None = None  # ... or in passes over the dataset (exactly one of the two)
+    seed: int = 0  # network init and data order; rank r seeds its own random streams with seed + r
+    device: str = "auto"  # auto / cpu / cuda (torchrun: cuda:LOCAL_RANK)
+    amp: Amp = "none"  # mixed precision: bf16, or fp16 with gradient scalers (CUDA only)
+    save_every: int = 1000  # steps between checkpoints (and image grids); the last step is always saved
+    keep: int = 3  # periodic step checkpoints kept beside latest.pt
+    log_every: int = 50  # steps between TensorBoard scalars
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give the run length as exactly one of --max-steps or --epochs")
+        for name in ("batch_size", "max_steps", "epochs", "save_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
+        if self.keep < 0:
+            raise ValueError(f"keep must be >= 0, got {self.keep}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    generator: GeneratorConfig
+    encoder: EncoderConfig | None  # present exactly when generator.use_vae
+    discriminator: DiscriminatorConfig
+    data: DataOptions
+    loss: LossOptions
+    optim: OptimOptions
+    run: RunOptions
+
+    def __post_init__(self) -> None:
+        config = self.generator
+        if config.use_vae != (self.encoder is not None):
+            raise ValueError("an encoder config is needed exactly when the generator uses a VAE")
+        if config.use_vae and config.z_dim != ENCODER_LATENT:
+            raise ValueError(f"a VAE generator trained with the encoder needs z_dim={ENCODER_LATENT} (the encoder's "
+                             f"fixed latent width), got {config.z_dim}")
+        if self.discriminator.input_nc != config.semantic_nc + 3:
+            raise ValueError(f"discriminator input_nc must be semantic_nc + 3 = {config.semantic_nc + 3}, "
+                             f"got {self.discriminator.input_nc}")
+        if self.data.preprocess == "resize_and_crop":
+            if config.aspect_ratio != 1.0:
+                raise ValueError(f"resize_and_crop makes square crops; aspect_ratio={config.aspect_ratio} needs "
+                                 f"preprocess 'fixed'")
+            if self.data.load_size < config.crop_size:
+                raise ValueError(f"load_size {self.data.load_size} is smaller than crop_size {config.crop_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Options a resumed run may change: where things are, how fast they run, how long training goes on.
+RESUMABLE_CHANGES = {"data.dataroot", "data.num_workers", "loss.vgg_weights", "run.run_dir", "run.device",
+                     "run.max_steps", "run.epochs", "run.save_every", "run.keep", "run.log_every"}
+
+
+def check_resumable(options: TrainingOptions, saved: dict[str, Any]) -> None:
+    """Raise `ValueError` listing every option that differs from the checkpoint's and would change the training."""
+    current = _flatten(options.to_dict())
+    before = _flatten(saved)
+    differing = sorted(key for key in current.keys() | before.keys()
+                       if key not in RESUMABLE_CHANGES and current.get(key) != before.get(key))
+    if differing:
+        listing = ", ".join(f"{key}: {before.get(key)!r} -> {current.get(key)!r}" for key in differing)
+        raise ValueError(f"--resume continues the checkpoint's run, but these options differ from it: {listing}. "
+                         f"Rerun with the original options (only {sorted(RESUMABLE_CHANGES)} may change), or "
+                         f"start a new --run-dir")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,147 @@
+"""The in-process benchmark on a tiny model: every available runtime runs, matches eager, and rows are well-formed.
+No test asserts a time."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from spade_deploy.bench import runtimes
+from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, run_inprocess
+from spade_deploy.bench.report import section
+from spade_deploy.bench.runtimes import RUNTIMES, Runner, Runtime, Subject, onnxruntime_runner, select
+from spade_deploy.export.metadata import GRAPHS, TOLERANCE, read_export_metadata
+from spade_deploy.model import io_spec
+from tests.fixtures.bench import TINY
+
+ROW_FIELDS = {"runtime", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff", "peak_mem_mb",
+              "boundary_share", "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager",
+              "speedup_vs_best_plain", "best_plain", "speedup_vs", "latencies_ms"}
+
+
+def test_every_available_runtime_is_timed_at_every_batch(inprocess_result: dict[str, Any]) -> None:
+    ran = {runtime.name for runtime in RUNTIMES.values() if runtime.unavailable() is None}
+    skipped = {entry["runtime"]: entry["reason"] for entry in inprocess_result["skipped"]}
+    assert ran | set(skipped) == set(RUNTIMES)
+    assert all(reason for reason in skipped.values())  # a skip always says why
+    rows = inprocess_result["rows"]
+    assert {(row["runtime"], row["batch"]) for row in rows} == {(name, batch) for name in ran for batch in (1, 2)}
+    for row in rows:
+        assert set(row) == ROW_FIELDS
+        assert len(row["latencies_ms"]) == row["repeats"] == 2
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= max(row["latencies_ms"])
+        assert math.isclose(row["images_per_s"], row["batch"] * 1e3 / row["p50_ms"])
+        assert row["size"] == "64x64" and row["ngf"] == 8
+        assert 0 < row["boundary_share"] <= 1
+        assert row["peak_mem_mb"] is None or row["peak_mem_mb"] >= 0
+
+
+def test_every_runtime_computes_the_eager_function(inprocess_result: dict[str, Any]) -> None:
+    for row in inprocess_result["rows"]:
+        assert row["max_abs_diff"] <= TOLERANCE, row["runtime"]
+    assert all(row["max_abs_diff"] == 0.0 for row in inprocess_result["rows"] if row["runtime"] == "eager")
+
+
+def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inprocess_result: dict[str, Any]) -> None:
+    rows = inprocess_result["rows"]
+    for batch in (1, 2):
+        same = {row["runtime"]: row for row in rows if row["batch"] == batch}
+        plain = [name for name in same if RUNTIMES[name].plain]
+        best = min(plain, key=lambda name: same[name]["p50_ms"])
+        for row in same.values():
+            assert row["speedup_vs_eager"] == pytest.approx(same["eager"]["p50_ms"] / row["p50_ms"])
+            assert row["speedup_vs_best_plain"] == pytest.approx(same[best]["p50_ms"] / row["p50_ms"])
+            assert row["best_plain"] == best
+            assert row["speedup_vs"] == {name: pytest.approx(same[name]["p50_ms"] / row["p50_ms"])
+                                         for name in ["eager", *plain]}
+        assert same["eager"]["speedup_vs_eager"] == 1.0 and same[best]["speedup_vs_best_plain"] == 1.0
+
+
+def test_the_machine_and_setup_are_recorded(inprocess_result: dict[str, Any]) -> None:
+    machine, setup = inprocess_result["machine"], inprocess_result["setup"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 2
+    assert {"torch", "onnxruntime", "numpy"} <= set(machine["versions"])
+    assert machine["date"][:2] == "20"
+    assert 0.0 <= machine["cpu_others_share"] <= 1.0 and 0.0 <= machine["cpu_steal_share"] <= 1.0
+    assert setup["threads"] == 2 and setup["batches"] == [1, 2] and setup["warmup"] == 1
+
+
+def test_a_new_runtime_takes_one_registration() -> None:
+    """A runtime names the graph it runs; the harness exports that graph, hands the runtime its file, and gives it a
+    row at every batch with its exactness against eager."""
+    given: list[str] = []
+
+    def build(subject: Subject, path: Path | None) -> Runner:
+        given.append(read_export_metadata(path).graph)
+        return onnxruntime_runner(subject, path)
+
+    runtimes.register(Runtime("candidate", "the sparse graph in ONNX Runtime", build, graph="sparse"))
+    try:
+        result = run_inprocess(TINY, runtimes=["eager", "candidate"],
+                               options=Options(batches=(1, 2), repeats=1, warmup=0))
+    finally:
+        del RUNTIMES["candidate"]
+    assert given == ["sparse"]  # built once, on the sparse export
+    rows = {(row["runtime"], row["batch"]): row for row in result["rows"]}
+    assert set(rows) == {(name, batch) for name in ("eager", "candidate") for batch in (1, 2)}
+    for batch in (1, 2):
+        candidate = rows["candidate", batch]
+        assert candidate["max_abs_diff"] <= TOLERANCE
+        assert candidate["best_plain"] is None and candidate["speedup_vs_best_plain"] is None  # no plain runtime ran
+        assert set(candidate["speedup_vs"]) == {"eager"}
+    assert result["setup"]["runtimes"]["candidate"] == "the sparse graph in ONNX Runtime"
+
+
+def test_one_at_a_time_times_every_runtime_alone_and_says_so() -> None:
+    """For runtimes that do not fit in memory together: each is built, timed at every batch and freed in turn; the
+    rows and ratios look the same, and the summary says the ratios lost the protection against drift."""
+    result = run_inprocess(TINY, runtimes=["eager", "plain-ort", "sparse-ort"],
+                           options=Options(batches=(1, 2), repeats=1, warmup=0, one_at_a_time=True))
+    assert [(row["runtime"], row["batch"]) for row in result["rows"]] == [
+        (name, batch) for batch in (1, 2) for name in ("eager", "plain-ort", "sparse-ort")]
+    assert all(row["max_abs_diff"] <= TOLERANCE and row["best_plain"] == "plain-ort" for row in result["rows"])
+    assert result["setup"]["one_at_a_time"] is True
+    assert "Runtimes ran one at a time" in "\n".join(section(result))
+
+
+def test_a_runtime_on_an_unknown_graph_is_refused() -> None:
+    assert "no-such-graph" not in GRAPHS
+    with pytest.raises(ValueError, match="'no-such-graph', which is not in GRAPHS"):
+        runtimes.register(Runtime("broken", "?", onnxruntime_runner, graph="no-such-graph"))
+    assert "broken" not in RUNTIMES
+
+
+def test_unknown_runtimes_and_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown runtime.*'fast'"):
+        select(["eager", "fast"])
+    with pytest.raises(ValueError, match="batches"):
+        Options(batches=(0,))
+    with pytest.raises(ValueError, match="repeats"):
+        Options(repeats=0)
+    with pytest.raises(ValueError, match="regions=0"):
+        Options(regions=0)
+
+
+def test_boundary_share_counts_mixed_neighbourhoods_and_the_border() -> None:
+    uniform = np.zeros((1, 10, 10), np.int64)
+    assert boundary_share(uniform) == pytest.approx(1 - 6 * 6 / 100)  # only the 2-pixel frame
+    halves = uniform.copy()
+    halves[:, :, 5:] = 1  # columns 3..6 see both labels
+    inner = 6 * (6 - 4)  # interior 6x6 (rows/cols 2..7) minus the 4 mixed columns
+    assert boundary_share(halves) == pytest.approx(1 - inner / 100)
+    # Instance edges count too: one label, two instances split like the halves above. Both sides of the split are
+    # edge pixels (columns 4 and 5), so every interior column is within 2 of an edge.
+    assert boundary_share(uniform, instances=halves) == 1.0
+    assert boundary_share(uniform, instances=np.zeros_like(uniform)) == pytest.approx(1 - 6 * 6 / 100)
+
+
+def test_graph_feeds_use_the_contract_dtypes_and_every_label() -> None:
+    feeds = graph_feeds(TINY, 3, 64, 64, seed=1)
+    model_io = io_spec.generator_io(TINY, 64, 64)
+    assert list(feeds) == model_io.input_names
+    assert feeds[io_spec.LABEL].dtype == model_io.input(io_spec.LABEL).dtype and feeds[io_spec.LABEL].shape == \
+        (3, 64, 64)
+    assert int(feeds[io_spec.LABEL].max()) < TINY.num_label_channels

@@ -1,0 +1,204 @@
+"""`python -m export.onnx` and `python -m export.trt` on official and own checkpoints: outputs, parity, exit codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from spade_deploy import cli
+from spade_deploy.cli.export import EXIT_NO_ENGINE
+from spade_deploy.export.tensorrt import EngineOptions, build_engine, fp32_node_names, unavailable_reason
+from spade_deploy.model import io_spec
+from spade_deploy.model.checkpoint import save_generator
+from spade_deploy.model.config import EncoderConfig, GeneratorConfig
+from spade_deploy.model.tensors import rgb_to_tensor
+from spade_deploy.model.tensors import to_semantic_input
+from spade_deploy.export.metadata import read_export_metadata
+from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
+from spade_deploy.model.synthetic import random_encoder, random_generator, random_style, synthetic_batch
+from tests.official import (official_encoder_forward, official_generator_forward, official_options,
+                            official_state_dict, save_official, write_opt_txt)
+
+TOLERANCE = 1e-4
+# An official COCO-like VAE run at a small size: don't-care + instance edges + style encoder.
+OFFICIAL_CONFIG = GeneratorConfig(preset="coco", label_nc=9, contain_dontcare_label=True, use_instance=True, ngf=8,
+                                  use_vae=True, norm="syncbatch", crop_size=64)
+
+
+@pytest.fixture(scope="module")
+def official_run(tmp_path_factory):
+    """An official checkpoint directory (latest_net_G.pth, latest_net_E.pth, opt.txt), exported by the CLI."""
+    directory = tmp_path_factory.mktemp("official")
+    encoder_config = EncoderConfig(ngf=8)
+    g_state = official_state_dict(random_generator(OFFICIAL_CONFIG, seed=11), seed=1)
+    e_state = official_state_dict(random_encoder(encoder_config, seed=12), seed=2)
+    options = official_options(OFFICIAL_CONFIG, encoder_config) | {"crop_size": 64}
+    write_opt_txt(directory, options)
+    save_official(g_state, directory, "latest_net_G.pth")
+    save_official(e_state, directory, "latest_net_E.pth")
+    out = directory / "export"
+    status = cli.main(["export", "onnx", str(directory / "latest_net_G.pth"), "--encoder",
+                       str(directory / "latest_net_E.pth"), "--out", str(out), "--repository",
+                       str(directory / "repository")])
+    assert status == 0
+    return g_state, e_state, options, out
+
+
+def test_official_export_matches_the_official_forward(official_run):
+    g_state, e_state, options, out = official_run
+    labels, instances = synthetic_batch(OFFICIAL_CONFIG, 2, seed=4)
+    style = random_style(2, 120, 90, seed=3)
+    mu, logvar = OnnxEncoder(out / "encoder.onnx")(style)
+    with torch.no_grad():
+        ref_mu, ref_logvar = official_encoder_forward(e_state, rgb_to_tensor(style), {"crop_size": 256})
+        reference = official_generator_forward(g_state, to_semantic_input(labels, instances, OFFICIAL_CONFIG),
+                                               torch.from_numpy(mu), options).numpy()
+    assert np.abs(mu - ref_mu.numpy()).max() <= TOLERANCE
+    assert np.abs(logvar - ref_logvar.numpy()).max() <= TOLERANCE
+    _, image_float = OnnxGenerator(out / "generator.onnx")(labels, instances, mu)
+    assert np.abs(image_float - reference).max() <= TOLERANCE
+
+
+def test_export_writes_the_triton_repository(official_run):
+    """`--repository` writes one model per contract name, each config valid in Triton's own schema."""
+    repository = official_run[3].parent / "repository"
+    for name in (io_spec.GENERATOR_MODEL, io_spec.ENCODER_MODEL, io_spec.PIPELINE_MODEL):
+        config = text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.name == name
+        assert (repository / name / "1").is_dir()
+
+
+def test_parity_table_is_printed(official_run, capsys):
+    # The fixture's output was captured at setup; run a small export again to see the table.
+    g_state, _, _, out = official_run
+    status = cli.main(["export", "onnx", str(out.parent / "latest_net_G.pth"), "--out", str(out / "again"),
+                               "--parity-samples", "1"])
+    table = capsys.readouterr().out
+    assert status == 0
+    assert "image_float  graph in PyTorch" in table and "image_float  ONNX Runtime" in table
+    assert "NO" not in table
+
+
+def test_sizes_and_overrides(tmp_path):
+    """A segmap generator exports at another size; num_upsampling_layers is taken from the command line."""
+    config = GeneratorConfig(label_nc=5, ngf=8, num_upsampling_layers="more", crop_size=64)
+    generator = random_generator(config, seed=2)
+    path = save_official(official_state_dict(generator, seed=3), tmp_path, "latest_net_G.pth")
+    status = cli.main(["export", "onnx", str(path), "--num-upsampling-layers", "more", "--height", "128", "--width",
+                       "64", "--out", str(tmp_path / "out"), "--parity-samples", "1"])
+    assert status == 0
+    runtime = OnnxGenerator(tmp_path / "out" / "generator.onnx")
+    assert (runtime.config.num_upsampling_layers, runtime.height, runtime.width) == ("more", 128, 64)
+
+
+@pytest.fixture(scope="module")
+def own_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("own") / "G.pt"
+    save_generator(random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=64), seed=5), path)
+    return path
+
+
+def test_parity_failure_exits_1(own_checkpoint, tmp_path, capsys):
+    """An impossible tolerance makes the parity check fail: exit 1 with the table and the worst difference."""
+    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path), "--tolerance", "1e-12",
+                               "--parity-samples", "1"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "parity check failed" in err and "> 1e-12" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{missing}", "--out", "{out}"], "checkpoint not found"),
+    (["{ckpt}", "--out", "{out}", "--height", "48", "--width", "64"], "multiples of 32"),
+    (["{ckpt}", "--out", "{out}", "--height", "64"], "--height and --width together"),
+    (["{ckpt}", "--out", "{out}", "--encoder", "{ckpt}"], "not a VAE generator"),
+    (["{not_a_checkpoint}", "--out", "{out}"], "not a readable PyTorch checkpoint"),
+])
+def test_bad_input_exits_2(own_checkpoint, tmp_path, capsys, argv, message):
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    names = dict(missing=tmp_path / "missing.pth", out=tmp_path / "out", ckpt=own_checkpoint, not_a_checkpoint=junk)
+    status = cli.main(["export", "onnx", *(arg.format(**names) for arg in argv)])
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are present: the skip path does not apply")
+    status = cli.main(["export", "trt", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1"])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert f"TensorRT engine step skipped: {unavailable_reason()}" in err
+    assert (tmp_path / "generator.onnx").is_file() and not (tmp_path / "generator.plan").exists()
+
+
+@pytest.mark.parametrize("exporter, argv, graph", [
+    ("onnx", [], "sparse"),  # CPU exports: the sparse graph by default
+    ("onnx", ["--dense"], "dense"),
+    ("onnx", ["--graph", "sparse-tensorrt"], "sparse-tensorrt"),
+    ("trt", [], "dense"),  # GPU exports: dense by default
+    ("trt", ["--graph", "sparse-tensorrt"], "sparse-tensorrt"),
+])
+def test_graph_choice(own_checkpoint, tmp_path, exporter, argv, graph):
+    """The exported graph is the one asked for (recorded in the metadata); only the default CPU graph uses ONNX
+    Unique, which TensorRT cannot build."""
+    assert cli.main(["export", exporter, str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1",
+                     *argv]) == 0
+    model = onnx.load(str(tmp_path / "generator.onnx"))
+    assert read_export_metadata(tmp_path / "generator.onnx").graph == graph
+    assert any(node.op_type == "Unique" for node in model.graph.node) == (graph == "sparse")
+
+
+def test_trt_offers_only_graphs_tensorrt_builds(own_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", "trt", str(own_checkpoint), "--out", str(tmp_path), "--graph", "sparse"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'sparse'" in capsys.readouterr().err
+
+
+def test_trt_require_engine_fails_fast(own_checkpoint, tmp_path, capsys):
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are present: engines can be built")
+    status = cli.main(["export", "trt", str(own_checkpoint), "--out", str(tmp_path), "--require-engine"])
+    assert status == EXIT_NO_ENGINE
+    assert "--require-engine" in capsys.readouterr().err
+    assert not (tmp_path / "generator.onnx").exists()
+
+
+def test_fp32_pinned_nodes_are_the_sensitive_ones(tmp_path):
+    config = GeneratorConfig(label_nc=4, ngf=8, norm="instance", crop_size=64)
+    from spade_deploy.export.onnx import export_generator_onnx
+    path = export_generator_onnx(random_generator(config), tmp_path / "g.onnx")
+    nodes = {node.name: node.op_type for node in onnx.load(str(path)).graph.node}
+    pinned = fp32_node_names(path)
+    assert {nodes[name] for name in pinned} == {"InstanceNormalization", "Conv", "Tanh"}
+    assert sum(nodes[name] == "Conv" for name in pinned) == 1
+    assert sum(op == "InstanceNormalization" for op in nodes.values()) == sum(nodes[n] == "InstanceNormalization"
+                                                                              for n in pinned)
+
+
+def test_engine_build(official_run, tmp_path):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"TensorRT engine build needs TensorRT and a CUDA GPU: {reason}")
+    onnx_path = official_run[3] / "generator.onnx"
+    metadata = build_engine(onnx_path, tmp_path / "generator.plan", EngineOptions(fp16=True, max_batch=2))
+    assert (tmp_path / "generator.plan").stat().st_size > 0
+    assert metadata["max_batch"] == 2 and metadata["tensorrt_version"]
+
+
+def test_module_entry_points_run(own_checkpoint, tmp_path):
+    """`python -m export.onnx` works as a command (exit status and files), not only as a function."""
+    result = subprocess.run([sys.executable, "-m", "export.onnx", str(own_checkpoint), "--out", str(tmp_path),
+                             "--parity-samples", "1"], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "generator.onnx").is_file()

@@ -1,0 +1,64 @@
+"""`spade-deploy serve` and `spade-deploy synthesize --server`, as a user runs them: the server in a subprocess until
+SIGTERM, the synthesize command writing the served images."""
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spade_deploy import cli
+from spade_deploy.model import io_spec
+from spade_deploy.model.images import read_rgb
+from spade_deploy.model.labels import write_label_png
+from spade_deploy.serve.server import free_port
+from spade_deploy.serve.repository import write_repository
+from tests.fixtures.serving import Exported, require_triton
+
+
+def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported, tmp_path: Path) -> None:
+    require_triton()
+    write_repository(tmp_path / "repository", exported_segmap.generator_onnx, instances=1)
+    feed = exported_segmap.inputs(3, seed=70)
+    labels = []
+    for index, label in enumerate(feed[io_spec.LABEL]):
+        labels.append(tmp_path / f"map{index}.png")
+        write_label_png(labels[-1], label, exported_segmap.config)
+    grpc_port = free_port()
+    command = [sys.executable, "-m", "spade_deploy.cli", "serve", "--repository", str(tmp_path / "repository"),
+               "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port())]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
+    try:
+        seen = [lines.get(timeout=180)]
+        while not seen[-1].startswith("ready:"):
+            seen.append(lines.get(timeout=180))
+        seen.append(lines.get(timeout=10))
+        assert seen[-1].split() == ["gRPC", f"127.0.0.1:{grpc_port}"], seen
+
+        assert cli.main(["synthesize", "--server", f"127.0.0.1:{grpc_port}", "--labels", *map(str, labels),
+                         "--out", str(tmp_path / "out")]) == 0
+        images = np.stack([read_rgb(tmp_path / "out" / path.name) for path in labels])
+        np.testing.assert_array_equal(images, exported_segmap.run_generator(feed)[io_spec.IMAGE])
+
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    output = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
+    assert "stopping" in output and "stopped (tritonserver exit status 0)" in output, output
+
+
+def test_synthesize_server_refuses_local_only_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["synthesize", "--server", "127.0.0.1:1", "--encoder", "E.pth", "--labels", "map.png",
+                       "--out", str(tmp_path)])
+    assert status == cli.USER_ERROR
+    assert "--encoder: with --server the served model (and its encoder) decide" in capsys.readouterr().err

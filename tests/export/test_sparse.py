@@ -1,0 +1,121 @@
+"""The boundary-sparse graph, with and without its window deduplication and Winograd convs, computes the dense folded
+graph's (and the eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many
+regions, one region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak
+across images)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.export.fold import FoldedGenerator
+from spade_deploy.model.tensors import to_semantic_input
+from spade_deploy.export.onnx import export_generator_onnx
+from spade_deploy.export.runtime import OnnxGenerator
+from spade_deploy.export.sparse import Level, SparseResBlock, sparse_generator
+from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
+from spade_deploy.export.winograd import WinogradConv3x3
+from tests.export.test_fold import VARIANTS
+
+TOLERANCE = 1e-4
+SPARSE_VARIANTS = [(name, config) for name, config in VARIANTS if config.spade_kernel == 3]
+
+
+def label_maps(config: GeneratorConfig) -> dict[str, np.ndarray]:
+    """[H, W] class maps of the shapes the sparse bookkeeping must get right."""
+    height, width = config.image_size
+    classes = config.num_label_channels
+    ys, xs = np.mgrid[0:height, 0:width]
+    one_pixel = np.zeros((height, width), np.int64)
+    one_pixel[:, ::7] = 1 % classes  # 1-pixel-wide vertical lines
+    one_pixel[::5, :] = 2 % classes  # and horizontal ones
+    one_pixel[height // 2, width // 3] = (classes - 1)  # a single-pixel region
+    return {
+        "many-regions": synthetic_label_map(height, width, num_regions=30, num_classes=classes, seed=1),
+        "one-region": np.full((height, width), classes - 1, np.int64),
+        "every-border": ((ys < height // 2).astype(np.int64) * 2 + (xs < width // 2)) % classes,
+        "one-pixel-wide": one_pixel,
+    }
+
+
+@pytest.fixture(scope="module", params=SPARSE_VARIANTS, ids=[name for name, _ in SPARSE_VARIANTS])
+def models(request):
+    """(eager, dense folded, all-blocks-sparse as in the `sparse` and the `sparse-tensorrt` graph) for one variant."""
+    config = request.param[1]
+    generator = random_generator(config, seed=9)
+    # Every block sparse, down to the 1x1 latent grid; Winograd main convs wherever the block size is even.
+    sparse = [sparse_generator(generator, dense_below=1),
+              sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
+    assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
+    winograd = [[isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks] for graph in sparse]
+    assert any(winograd[0]) and not any(winograd[1])
+    return generator, FoldedGenerator(generator).eval(), sparse
+
+
+@pytest.mark.parametrize("kind", ["many-regions", "one-region", "every-border", "one-pixel-wide", "mixed-batch"])
+def test_sparse_matches_dense_and_eager(models, kind):
+    generator, dense, sparse = models
+    config = generator.config
+    maps = label_maps(config)
+    labels = np.stack([maps["one-region"], maps["many-regions"], maps["one-pixel-wide"]]) if kind == "mixed-batch" \
+        else maps[kind][None]
+    instances = np.stack([synthetic_instance_map(item, seed=index) for index, item in enumerate(labels)]) \
+        if config.use_instance else None
+    z = torch.randn(len(labels), config.z_dim, generator=torch.Generator().manual_seed(4)) if config.use_vae else None
+    with torch.no_grad():
+        eager = generator(to_semantic_input(labels, instances, config), z)
+        inputs = (torch.from_numpy(labels), None if instances is None else torch.from_numpy(instances), z)
+        dense_out = dense(*inputs)
+        for graph in sparse:
+            sparse_out = graph(*inputs)
+            assert (sparse_out - dense_out).abs().max() <= TOLERANCE
+            assert (sparse_out - eager).abs().max() <= TOLERANCE
+
+
+def test_windows_are_deduplicated():
+    """Along boundaries the same 3x3 label windows repeat: one table row per distinct window, far fewer than the
+    pixels near a boundary; without deduplication every such pixel keeps its own row."""
+    labels = torch.from_numpy(synthetic_label_map(128, 128, num_regions=16, num_classes=10, seed=3))[None]
+    unique, every = (Level(labels, None, 10, unique_windows=flag) for flag in (True, False))
+    assert len(torch.unique(every.window_label_rows, dim=0)) == len(unique.window_label_rows)
+    assert len(unique.window_label_rows) * 3 < len(every.window_label_rows)
+    assert len(unique.b5_rows) < len(every.b5_rows)
+
+
+def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
+    """The default CPU export is the sparse graph; it and the TensorRT-buildable variant (no Unique) run in ONNX
+    Runtime exactly."""
+    config = SPARSE_VARIANTS[0][1]
+    generator = random_generator(config, seed=2)
+    labels = np.stack([label_maps(config.replace(crop_size=128))[kind] for kind in ("many-regions", "one-region")])
+    instances = np.stack([synthetic_instance_map(item) for item in labels])
+    with torch.no_grad():
+        eager = generator(to_semantic_input(labels, instances, config)).numpy()
+    for graph, unique_op in (("sparse", True), ("sparse-tensorrt", False)):
+        path = export_generator_onnx(generator, tmp_path / f"{graph}.onnx", height=128, width=128, graph=graph)
+        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+        assert {"NonZero", "Gather", "MatMul", "CumSum"} <= ops
+        assert ("Unique" in ops) == unique_op
+        _, image_float = OnnxGenerator(path)(labels, instances)
+        assert np.abs(image_float - eager).max() <= TOLERANCE
+
+
+def test_other_spade_kernels_stay_dense():
+    generator = random_generator(GeneratorConfig(label_nc=3, ngf=8, spade_kernel=5, crop_size=64))
+    with pytest.warns(UserWarning, match="needs 3x3 SPADE kernels.*every block stays dense"):
+        graph = sparse_generator(generator, dense_below=1)
+    assert not any(isinstance(block, SparseResBlock) for block in graph.blocks)
+
+
+def test_winograd_only_where_chosen():
+    """Winograd main convs in the sparse blocks up to `winograd_up_to` px with even sides; direct convs elsewhere."""
+    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=128, aspect_ratio=2.0), seed=1)
+    graph = sparse_generator(generator, 64, 96, dense_below=1, winograd_up_to=16)
+    sizes = {name: (64 // factor, 96 // factor) for name, factor in zip(graph.block_names, graph.factors)}
+    for name, block in zip(graph.block_names, graph.blocks):
+        height, width = sizes[name]
+        expected = min(height, width) <= 16 and height % 2 == 0 and width % 2 == 0
+        assert isinstance(block.conv_0, WinogradConv3x3) == expected == isinstance(block.conv_1, WinogradConv3x3)
+    assert any(isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks)
