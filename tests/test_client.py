@@ -97,6 +97,8 @@ def test_one_style_for_all_maps_and_encode(spade_server: Served, tmp_path: Path)
     ("two seeds for three maps", "seed has 2 items for 3 label maps"),
     ("float style", "must be a uint8 RGB image"),
     ("missing label file", "no such file"),
+    ("empty list", "labels: an empty batch (0 label maps); pass at least one"),
+    ("batch of 0", "labels: an empty batch (0 label maps); pass at least one"),
 ])
 def test_bad_input_is_refused_before_sending(spade_server: Served, case: str, message: str) -> None:
     feed = spade_server.exported.inputs(3)
@@ -109,6 +111,8 @@ def test_bad_input_is_refused_before_sending(spade_server: Served, case: str, me
         "two seeds for three maps": dict(labels=labels, instances=instances, seed=[1, 2]),
         "float style": dict(labels=labels, instances=instances, style=np.zeros((8, 8, 3), np.float32)),
         "missing label file": dict(labels="does-not-exist.png", instances=instances),
+        "empty list": dict(labels=[], instances=instances),
+        "batch of 0": dict(labels=labels[:0], instances=instances[:0]),
     }
     with SpadeClient(spade_server.url) as client, pytest.raises(InvalidInput, match=re.escape(message)):
         client.synthesize(**calls[case])
