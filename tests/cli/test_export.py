@@ -1,6 +1,7 @@
 """`python -m export.onnx` and `python -m export.trt` on official and own checkpoints: outputs, parity, exit codes."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -196,9 +197,26 @@ def test_engine_build(official_run, tmp_path):
     assert metadata["max_batch"] == 2 and metadata["tensorrt_version"]
 
 
-def test_module_entry_points_run(own_checkpoint, tmp_path):
-    """`python -m export.onnx` works as a command (exit status and files), not only as a function."""
-    result = subprocess.run([sys.executable, "-m", "export.onnx", str(own_checkpoint), "--out", str(tmp_path),
-                             "--parity-samples", "1"], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+ROOT = Path(__file__).parents[2]
+
+
+def test_module_entry_points_run_from_the_repository_root(own_checkpoint, tmp_path):
+    """`python -m export.onnx`, `python -m export.trt` and `python -m training.train` from the repository root are
+    the same commands as `spade-deploy export onnx|trt` and `spade-deploy train`: exit statuses, files, messages."""
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+    result = run("export.onnx", str(own_checkpoint), "--out", str(tmp_path / "onnx"), "--parity-samples", "1")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "generator.onnx").is_file()
+    assert (tmp_path / "onnx" / "generator.onnx").is_file() and "max |Δ|" in result.stdout
+    result = run("export.trt", str(own_checkpoint), "--out", str(tmp_path / "trt"), "--parity-samples", "1")
+    assert result.returncode == 0 and (tmp_path / "trt" / "generator.onnx").is_file(), result.stderr
+    if unavailable_reason() is not None:  # where engines cannot be built: skipped with the reason, or exit 3
+        assert f"TensorRT engine step skipped: {unavailable_reason()}" in result.stderr
+        result = run("export.trt", str(own_checkpoint), "--out", str(tmp_path / "trt"), "--require-engine")
+        assert result.returncode == EXIT_NO_ENGINE and "--require-engine" in result.stderr
+    result = run("export.onnx", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    result = run("training.train", "--preset", "custom", "--label-nc", "4", "--dataroot", str(tmp_path),
+                 "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "--no-vgg-loss", "--dry-run")
+    assert result.returncode == 0 and json.loads(result.stdout)["generator"]["label_nc"] == 4
