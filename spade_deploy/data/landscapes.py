@@ -41,6 +41,8 @@ CLASSES: tuple[LandscapeClass, ...] = (
 SKY, CLOUD, MOUNTAIN, ROCK, SNOW, GRASS, TREE, WATER, SAND, FLOWER = range(len(CLASSES))
 # The generator trained on this dataset by our own training stack, shipped in the package (see MODEL_CARD.md).
 MODEL_FILE = Path(__file__).with_name("landscapes_generator.pth")
+# The segmentation network of `spade-deploy evaluate`, trained on this dataset's real images (see MODEL_CARD.md).
+SEGMENTER_FILE = Path(__file__).with_name("landscapes_segmenter.onnx")
 
 Colour = tuple[float, float, float]
 
@@ -286,10 +288,19 @@ def _is_int(value: object) -> bool:
 
 def bundled_model() -> Path:
     """The bundled landscape generator checkpoint, or a `ValueError` saying how to get one."""
-    if not MODEL_FILE.is_file():
-        raise ValueError(f"the bundled landscape model {MODEL_FILE} is missing from this installation; reinstall "
-                         f"spade-deploy, or pass --checkpoint")
-    return MODEL_FILE
+    return _bundled(MODEL_FILE, "--checkpoint")
+
+
+def bundled_segmenter() -> Path:
+    """The bundled landscape segmenter (ONNX), or a `ValueError` saying how to get one."""
+    return _bundled(SEGMENTER_FILE, "--segmenter")
+
+
+def _bundled(path: Path, option: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"the bundled file {path} is missing from this installation; reinstall spade-deploy, or "
+                         f"pass {option}")
+    return path
 
 
 def render(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
