@@ -30,6 +30,8 @@ from tests.official import (official_encoder_forward, official_generator_forward
 
 TOLERANCE = 1e-4
 # An official COCO-like VAE run at a small size: don't-care + instance edges + style encoder.
+ROOT = Path(__file__).parents[2]
+TRITON_MODELS = ROOT / "spade_deploy" / "serve" / "triton_models"
 OFFICIAL_CONFIG = GeneratorConfig(preset="coco", label_nc=9, contain_dontcare_label=True, use_instance=True, ngf=8,
                                   use_vae=True, norm="syncbatch", crop_size=64)
 
@@ -69,12 +71,25 @@ def test_official_export_matches_the_official_forward(official_run):
 
 
 def test_export_writes_the_triton_repository(official_run):
-    """`--repository` writes one model per contract name, each config valid in Triton's own schema."""
-    repository = official_run[3].parent / "repository"
-    for name in (io_spec.GENERATOR_MODEL, io_spec.ENCODER_MODEL, io_spec.PIPELINE_MODEL):
+    """`--repository` writes one model per contract name, each config valid in Triton's own schema, with the
+    contract's tensors, the exported graphs themselves and the package's python-backend sources."""
+    out = official_run[3]
+    repository = out.parent / "repository"
+    contracts = {io_spec.GENERATOR_MODEL: io_spec.generator_io(OFFICIAL_CONFIG, 64, 64),
+                 io_spec.ENCODER_MODEL: io_spec.encoder_io(),
+                 io_spec.PIPELINE_MODEL: io_spec.pipeline_io(OFFICIAL_CONFIG, 64, 64, has_encoder=True)}
+    graphs = {io_spec.GENERATOR_MODEL: out / "generator.onnx", io_spec.ENCODER_MODEL: out / "encoder.onnx"}
+    for name, contract in contracts.items():
         config = text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        assert config.name == name
-        assert (repository / name / "1").is_dir()
+        assert config.name == name and config.backend == "python"
+        assert [(tensor.name, list(tensor.dims)) for tensor in config.input] == \
+            [(spec.name, list(spec.dims)) for spec in contract.inputs]
+        assert [tensor.name for tensor in config.output] == contract.output_names
+        if name in graphs:
+            assert (repository / name / "1" / "model.onnx").read_bytes() == graphs[name].read_bytes()
+        source = "pipeline.py" if name == io_spec.PIPELINE_MODEL else "onnx_model.py"
+        assert (repository / name / "1" / "model.py").read_text() == \
+            (TRITON_MODELS / source).read_text()
 
 
 def test_parity_table_is_printed(official_run, capsys):
@@ -195,9 +210,6 @@ def test_engine_build(official_run, tmp_path):
     metadata = build_engine(onnx_path, tmp_path / "generator.plan", EngineOptions(fp16=True, max_batch=2))
     assert (tmp_path / "generator.plan").stat().st_size > 0
     assert metadata["max_batch"] == 2 and metadata["tensorrt_version"]
-
-
-ROOT = Path(__file__).parents[2]
 
 
 def test_module_entry_points_run_from_the_repository_root(own_checkpoint, tmp_path):
