@@ -273,9 +273,12 @@ def _label_items(labels: PathOrArray, served: ServedModel) -> list[np.ndarray]:
 
 def _style_items(style: PathOrArray) -> list[np.ndarray]:
     try:
-        return [as_rgb_batch(item)[0] for item in _items(style, read_rgb, 3, "style")]
+        items = [as_rgb_batch(item)[0] for item in _items(style, read_rgb, 3, "style")]
     except ValueError as error:
         raise InvalidInput(str(error)) from None
+    if not items:
+        raise InvalidInput("style: an empty batch (0 images); pass at least one")
+    return items
 
 
 def _seed_items(seed: Seed, dtype: np.dtype) -> list[np.ndarray]:

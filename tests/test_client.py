@@ -131,6 +131,13 @@ def test_wrong_size_is_refused_with_the_served_size(spade_server: Served) -> Non
         asyncio.run(send())
 
 
+def test_empty_style_batches_are_refused(spade_server: Served) -> None:
+    with SpadeClient(spade_server.url) as client:
+        for empty in ([], np.zeros((0, 8, 8, 3), np.uint8)):
+            with pytest.raises(InvalidInput, match=r"style: an empty batch \(0 images\)"):
+                client.encode(empty)
+
+
 def test_server_refusal_carries_the_servers_reason(spade_server: Served) -> None:
     """A request the client cannot judge (an empty style image) is refused by the served model, whose reason the
     client's error carries."""
