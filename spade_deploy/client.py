@@ -221,15 +221,14 @@ def _synthesize_requests(served: ServedModel, labels: PathOrArray, instances: Pa
         raise InvalidInput(str(error)) from None
     if checked[0] is not None:
         items[io_spec.INSTANCE] = [item[0] for item in checked]
+    try:
+        io_spec.check_latent_options(served.config, has_encoder=io_spec.STYLE in served.inputs,
+                                     style=style is not None, seed=seed is not None)
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
     if style is not None:
-        if io_spec.STYLE not in served.inputs:
-            raise InvalidInput("this model has no style encoder (it is not a VAE model, or was exported "
-                               "without one); pass style=None")
         items[io_spec.STYLE] = _broadcast(_style_items(style), count, "style")
     if seed is not None:
-        if io_spec.SEED not in served.inputs:
-            raise InvalidInput("this model draws no latent (not a VAE generator), so a seed changes nothing; "
-                               "pass seed=None")
         items[io_spec.SEED] = _broadcast(_seed_items(seed, io.input(io_spec.SEED).dtype), count, "seed")
     return _requests(items, served.max_batch_size)
 

@@ -19,10 +19,9 @@ import numpy as np
 from PIL import Image
 
 from spade_deploy import cli
-from spade_deploy.data.landscapes import colorize, render, sample_seed
+from spade_deploy.data.landscapes import VALIDATION_SEED, colorize, render, sample_seed
 from spade_deploy.model.images import read_rgb, save_png, write_rgb
 
-VALIDATION_SEED = 1  # the dataset seed of the held-out maps (training used seed 0)
 SIZE = 128  # the bundled model's size
 
 

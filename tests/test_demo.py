@@ -10,7 +10,7 @@ import torch
 
 from spade_deploy import cli, demo
 from spade_deploy.client import SpadeClient
-from spade_deploy.data.landscapes import CLASSES, bundled_model, colorize, render, sample_seed
+from spade_deploy.data.landscapes import CLASSES, VALIDATION_SEED, bundled_model, colorize, render, sample_seed
 from spade_deploy.model.checkpoint import load_generator
 from spade_deploy.model.images import read_rgb
 from spade_deploy.model.labels import read_label_png
@@ -38,7 +38,7 @@ def test_demo_outputs_agree_with_each_other(tmp_path: Path, capsys: pytest.Captu
         assert str(tmp_path / name) in printed
     for index in range(2):
         name = f"map_{index:02d}.png"
-        labels, real = render(sample_seed(demo.VALIDATION_SEED, index), demo.SIZE)  # held out: seed 0 trains
+        labels, real = render(sample_seed(VALIDATION_SEED, index), demo.SIZE)  # held out: seed 0 trains
         assert np.array_equal(read_label_png(tmp_path / "labels" / name, bundled.config), labels)
         assert np.array_equal(read_rgb(tmp_path / "previews" / name), colorize(labels))
         assert np.array_equal(read_rgb(tmp_path / "real" / name), real)
@@ -70,7 +70,7 @@ def test_bundled_model_exports_serves_and_matches_local(tmp_path: Path, bundled)
     require_triton()
     assert cli.main(["export", "onnx", str(bundled_model()), "--out", str(tmp_path / "onnx"), "--repository",
                      str(tmp_path / "repository"), "--parity-samples", "1"]) == 0
-    maps = np.stack([render(sample_seed(demo.VALIDATION_SEED, index), demo.SIZE)[0] for index in range(3)])
+    maps = np.stack([render(sample_seed(VALIDATION_SEED, index), demo.SIZE)[0] for index in range(3)])
     with torch.inference_mode():
         local = tensor_to_rgb(bundled(to_semantic_input(maps, None, bundled.config)))
     with TritonServer(tmp_path / "repository", log_file=tmp_path / "server.log") as server, \

@@ -15,10 +15,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spade_deploy.cli import bench, evaluate, export, landscapes, serve, synthesize, train, train_segmenter
+from spade_deploy.cli import bench, evaluate, export, landscapes, paint, serve, synthesize, train, train_segmenter
 from spade_deploy.errors import Failure
 
-COMMANDS = (synthesize, serve, export, train, landscapes, bench, train_segmenter, evaluate)
+COMMANDS = (synthesize, serve, export, train, landscapes, bench, train_segmenter, evaluate, paint)
 USER_ERROR = 2
 FAILURE = 1
 

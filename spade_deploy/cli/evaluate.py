@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from spade_deploy.evaluation.evaluate import evaluate
     from spade_deploy.files import atomic_path
 
-    report = evaluate(args.dataroot, args.segmenter or bundled_segmenter(), checkpoint=args.checkpoint, limit=args.limit,
-                      batch_size=args.batch_size, threads=args.threads)
+    report = evaluate(args.dataroot, args.segmenter or bundled_segmenter(), checkpoint=args.checkpoint,
+                      limit=args.limit, batch_size=args.batch_size, threads=args.threads)
     print(summary(report))
     print(class_table(report))
     if args.json is not None:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                           metrics_port=args.metrics_port, startup_timeout=args.startup_timeout,
                           log_file=args.log_file)
     # A service manager stops us with SIGTERM: end the same way as Ctrl-C, with a clean server shutdown.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         server.start()
         print(f"ready: serving {server.repository}\n"
@@ -63,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
+def sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM handler: a service manager's stop ends a server command like Ctrl-C, with a clean shutdown."""
     raise KeyboardInterrupt

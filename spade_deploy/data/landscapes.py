@@ -41,6 +41,8 @@ CLASSES: tuple[LandscapeClass, ...] = (
 SKY, CLOUD, MOUNTAIN, ROCK, SNOW, GRASS, TREE, WATER, SAND, FLOWER = range(len(CLASSES))
 # The generator trained on this dataset by our own training stack, shipped in the package (see MODEL_CARD.md).
 MODEL_FILE = Path(__file__).with_name("landscapes_generator.pth")
+# The dataset seed of the held-out maps (the demo's, the studio's examples, the evaluation's); training used seed 0.
+VALIDATION_SEED = 1
 # The segmentation network of `spade-deploy evaluate`, trained on this dataset's real images (see MODEL_CARD.md).
 SEGMENTER_FILE = Path(__file__).with_name("landscapes_segmenter.onnx")
 

@@ -154,8 +154,8 @@ class FoldedGenerator(nn.Module):
 
     `blocks[i]` runs on the label map subsampled by `factors[i]`; a block may be swapped for another type with the
     same `prepare` / `forward` interface (the boundary-sparse block of `spade_deploy.export.sparse`), whose
-    `channels_last` says the layout of the activations it takes and returns; the activations change layout only between blocks that
-    differ, before upsampling (where they are smallest).
+    `channels_last` says the layout of the activations it takes and returns; the activations change layout only
+    between blocks that differ, before upsampling (where they are smallest).
     """
 
     def __init__(self, generator: SPADEGenerator) -> None:

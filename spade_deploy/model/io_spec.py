@@ -161,6 +161,17 @@ def check_z(z: ArrayLike | None, config: GeneratorConfig, batch: int) -> np.ndar
     return array.astype(np.float32)
 
 
+def check_latent_options(config: GeneratorConfig, *, has_encoder: bool, style: bool, seed: bool) -> None:
+    """Refuse a style image for a model without a style encoder, and a seed for a model that draws no latent (the
+    user-facing pipeline's optional inputs; `style`/`seed`: whether one was given)."""
+    if style and not (config.use_vae and has_encoder):
+        raise ValueError("this model has no style encoder (it is not a VAE model, or was exported without one); "
+                         "pass style=None")
+    if seed and not config.use_vae:
+        raise ValueError("this model draws no latent (not a VAE generator), so a seed changes nothing; pass "
+                         "seed=None")
+
+
 def generator_feeds(config: GeneratorConfig, height: int, width: int, labels: ArrayLike,
                     instances: ArrayLike | None = None, z: ArrayLike | None = None) -> dict[str, np.ndarray]:
     """The checked inputs of the generator graph, keyed by the contract's names, in its dtypes."""

@@ -10,7 +10,8 @@ Variants: `cpu` runs the generator and encoder graphs in ONNX Runtime inside pyt
 NVIDIA's Triton container: the graphs in the onnxruntime backend on KIND_GPU instances, the generator through the
 TensorRT execution accelerator. Both use the same pipeline model, which imports spade_deploy (numpy only, no torch):
 in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. Configs are built as
-`ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field name is checked.
+`ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field
+name is checked.
 """
 from __future__ import annotations
 

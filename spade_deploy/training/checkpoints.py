@@ -1,8 +1,8 @@
 """Run-directory checkpoints: `RUN/checkpoints/latest.pt` plus the last K `step-NNNNNNNNN.pt`, and RNG states.
 
 Every file appears atomically (`spade_deploy.model.checkpoint.write_checkpoint` writes a temporary file, fsyncs and
-renames; step files are hard links to that file, or copies renamed into place), so a run killed mid-save leaves the previous
-`latest.pt` intact. Everything in a checkpoint loads with `torch.load(weights_only=True)`.
+renames; step files are hard links to that file, or copies renamed into place), so a run killed mid-save leaves the
+previous `latest.pt` intact. Everything in a checkpoint loads with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 

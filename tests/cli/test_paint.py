@@ -1,0 +1,53 @@
+"""`spade-deploy paint` as a user runs it: the studio in a subprocess until SIGTERM, and the options and failures it
+reports before serving anything."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from spade_deploy import cli
+from spade_deploy.serve.server import free_port
+from tests.studio.process import Studio
+
+
+def test_paint_serves_the_page_until_sigterm() -> None:
+    studio = Studio()
+    try:
+        page = studio.get("/")
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert b'<canvas id="labels"' in page.body
+        for asset in ("/static/studio.js", "/static/studio.css"):
+            assert studio.get(asset).status == 200, asset
+    finally:
+        status, output = studio.stop()
+    assert status == 0, output
+    assert output.startswith("ready: the studio for ") and "(pytorch; 128x128, 10 classes)" in output, output
+    assert output.rstrip().endswith("stopped"), output
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--encoder", "E.pth"], "--encoder goes with --checkpoint: give both, or drop --encoder"),
+    (["--onnx-encoder", "encoder.onnx"], "--onnx-encoder goes with --onnx: give both, or drop --onnx-encoder"),
+    (["--onnx", "generator.onnx", "--preset", "ade20k"], "--preset goes with --checkpoint"),
+    (["--port", "70000"], "--port must be 0..65535 (0 picks a free port), got 70000"),
+    (["--onnx", "missing/generator.onnx"], "no such ONNX file: missing/generator.onnx"),
+])
+def test_paint_refuses_options_that_cannot_work(options: list[str], words: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["paint", *options] if "--port" in options else ["paint", "--port", "0", *options]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_paint_reports_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["paint", "--port", str(port)]) == cli.USER_ERROR
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use); stop what uses it or choose another " \
+           f"--port" in capsys.readouterr().err
+
+
+def test_paint_fails_when_the_server_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    assert cli.main(["paint", "--server", address, "--port", "0"]) == cli.FAILURE
+    assert f"spade-deploy paint: error: cannot reach the Triton server at {address}" in capsys.readouterr().err
