@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from pathlib import Path
 
 from spade_deploy.model.config import PRESETS
 
@@ -15,6 +16,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def add_model_source(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+    """Which generator a command runs: `--checkpoint` (PyTorch, in this process; default: the bundled landscape
+    model), `--onnx` where the command offers it (ONNX Runtime, in this process), or `--server` (a running
+    `spade-deploy serve`)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, metavar="G.pth",
+                        help="generator checkpoint (ours, a training run's, or an official *_net_G.pth with opt.txt "
+                             "beside it when present), run with PyTorch on the CPU (default: the bundled landscape "
+                             "model, spade_deploy/data/landscapes_generator.pth)")
+    if onnx:
+        source.add_argument("--onnx", type=Path, metavar="generator.onnx",
+                            help="generator ONNX export (spade-deploy export), run with ONNX Runtime on the CPU")
+    source.add_argument("--server", metavar="HOST:PORT", help="a running `spade-deploy serve` (its gRPC port)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, presets: Iterable[str] = PRESETS,

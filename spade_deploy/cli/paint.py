@@ -12,6 +12,7 @@ import signal
 import socket
 from pathlib import Path
 
+from spade_deploy.cli.arguments import add_model_source
 from spade_deploy.cli.serve import sigterm_as_interrupt
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.errors import Failure
@@ -19,22 +20,16 @@ from spade_deploy.model.config import PRESETS
 from spade_deploy.serve.server import DEFAULT_HOST
 from spade_deploy.studio.backends import Backend, OnnxBackend, ServerBackend, TorchBackend
 
+DESCRIPTION = ("Start the painting studio: a web page where you paint a label map with the model's classes and the "
+               "model turns it into an image as you paint. Needs the studio extra: pip install "
+               "'spade-deploy[studio]'. Runs until Ctrl-C or SIGTERM.")
 DEFAULT_PORT = 8080  # beside Triton's 8000-8002, which `spade-deploy serve` takes by default
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "paint", help="a GauGAN-style painting studio in the browser",
-        description="Start the painting studio: a web page where you paint a label map with the model's classes and "
-                    "the model turns it into an image as you paint. Needs the studio extra: pip install "
-                    "'spade-deploy[studio]'. Runs until Ctrl-C or SIGTERM.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", type=Path, metavar="G.pth",
-                        help="generator checkpoint, run with PyTorch on the CPU (default: the bundled landscape "
-                             "model)")
-    source.add_argument("--onnx", type=Path, metavar="generator.onnx",
-                        help="generator ONNX export (spade-deploy export), run with ONNX Runtime on the CPU")
-    source.add_argument("--server", metavar="HOST:PORT", help="a running `spade-deploy serve` (its gRPC port)")
+    parser = subparsers.add_parser("paint", help="a GauGAN-style painting studio in the browser",
+                                   description=DESCRIPTION)
+    add_model_source(parser, onnx=True)
     parser.add_argument("--encoder", type=Path, metavar="E.pth",
                         help="style encoder checkpoint, with --checkpoint of a VAE generator: lets you upload a "
                              "style image")

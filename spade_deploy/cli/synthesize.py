@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from spade_deploy.cli.arguments import add_model_source
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.model.checkpoint import load_encoder, load_generator
 from spade_deploy.model.config import ENCODER_LATENT, PRESETS, GeneratorConfig
@@ -30,11 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Synthesize one image per label map with a SPADE generator: the bundled landscape model by "
                     "default, a checkpoint (spade-deploy's own or an official *_net_G.pth) on the CPU with PyTorch, "
                     "or a running `spade-deploy serve`.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", type=Path, metavar="G.pth",
-                        help="generator checkpoint; for an official one, opt.txt beside it is read when present "
-                             "(default: the bundled landscape model, spade_deploy/data/landscapes_generator.pth)")
-    source.add_argument("--server", metavar="HOST:PORT", help="use a running `spade-deploy serve` (its gRPC port)")
+    add_model_source(parser)
     parser.add_argument("--labels", type=Path, nargs="+", required=True, metavar="PNG",
                         help="label maps: single-channel PNGs in the preset's raw encoding (ade20k: 0 = unlabelled, "
                              "classes 1..150; coco: 255 = unlabelled; cityscapes: labelIds)")

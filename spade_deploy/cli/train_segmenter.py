@@ -1,5 +1,10 @@
 """`spade-deploy train-segmenter --dataroot DIR --out SEG.onnx`: the segmentation network `spade-deploy evaluate`
-scores generated images with, trained on a folder dataset's real images and written as ONNX."""
+scores generated images with, trained on a folder dataset's real images and written as ONNX.
+
+A small fully convolutional network, trained on the real images of a folder dataset (DIR/images/*, DIR/labels/*.png
+with the landscape class indices; all one size) with cross entropy and horizontal flips, written as ONNX: uint8 RGB
+[N, H, W, 3] -> int64 class map [N, H, W], any H and W. The same arguments give the same model on one machine.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +18,9 @@ DEFAULT_BATCH_SIZE = 16
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-segmenter", help="train the segmentation network that `evaluate` scores generated images with",
-        description="Train a small fully convolutional segmentation network on the real images of a folder dataset "
-                    "(DIR/images/*, DIR/labels/*.png with the landscape class indices; all one size) with cross "
-                    "entropy and horizontal flips, and write it as ONNX: uint8 RGB [N, H, W, 3] -> int64 class map "
-                    "[N, H, W], any H and W. The same arguments give the same model on one machine.")
+    parser = subparsers.add_parser("train-segmenter", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   help="train the segmentation network that `evaluate` scores generated images with")
     parser.add_argument("--dataroot", type=Path, required=True, metavar="DIR", help="training dataset folder")
     parser.add_argument("--out", type=Path, required=True, metavar="SEG.onnx", help="ONNX file to write")
     parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
