@@ -15,7 +15,7 @@ from spade_deploy.bench.report import section
 from spade_deploy.bench.runtimes import RUNTIMES, Runner, Runtime, Subject, onnxruntime_runner, select
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE, read_export_metadata
 from spade_deploy.model import io_spec
-from tests.fixtures.bench import TINY
+from tests.fixtures.bench import TINY_BENCH
 
 ROW_FIELDS = {"runtime", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff", "peak_mem_mb",
               "boundary_share", "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager",
@@ -80,7 +80,7 @@ def test_a_new_runtime_takes_one_registration() -> None:
 
     runtimes.register(Runtime("candidate", "the sparse graph in ONNX Runtime", build, graph="sparse"))
     try:
-        result = run_inprocess(TINY, runtimes=["eager", "candidate"],
+        result = run_inprocess(TINY_BENCH, runtimes=["eager", "candidate"],
                                options=Options(batches=(1, 2), repeats=1, warmup=0))
     finally:
         del RUNTIMES["candidate"]
@@ -98,7 +98,7 @@ def test_a_new_runtime_takes_one_registration() -> None:
 def test_one_at_a_time_times_every_runtime_alone_and_says_so() -> None:
     """For runtimes that do not fit in memory together: each is built, timed at every batch and freed in turn; the
     rows and ratios look the same, and the summary says the ratios lost the protection against drift."""
-    result = run_inprocess(TINY, runtimes=["eager", "plain-ort", "sparse-ort"],
+    result = run_inprocess(TINY_BENCH, runtimes=["eager", "plain-ort", "sparse-ort"],
                            options=Options(batches=(1, 2), repeats=1, warmup=0, one_at_a_time=True))
     assert [(row["runtime"], row["batch"]) for row in result["rows"]] == [
         (name, batch) for batch in (1, 2) for name in ("eager", "plain-ort", "sparse-ort")]
@@ -139,9 +139,9 @@ def test_boundary_share_counts_mixed_neighbourhoods_and_the_border() -> None:
 
 
 def test_graph_feeds_use_the_contract_dtypes_and_every_label() -> None:
-    feeds = graph_feeds(TINY, 3, 64, 64, seed=1)
-    model_io = io_spec.generator_io(TINY, 64, 64)
+    feeds = graph_feeds(TINY_BENCH, 3, 64, 64, seed=1)
+    model_io = io_spec.generator_io(TINY_BENCH, 64, 64)
     assert list(feeds) == model_io.input_names
     assert feeds[io_spec.LABEL].dtype == model_io.input(io_spec.LABEL).dtype and feeds[io_spec.LABEL].shape == \
         (3, 64, 64)
-    assert int(feeds[io_spec.LABEL].max()) < TINY.num_label_channels
+    assert int(feeds[io_spec.LABEL].max()) < TINY_BENCH.num_label_channels
