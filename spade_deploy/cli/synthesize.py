@@ -16,7 +16,8 @@ from tqdm import tqdm
 from spade_deploy.cli.arguments import add_model_source
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.model.checkpoint import load_encoder, load_generator
-from spade_deploy.model.config import ENCODER_LATENT, PRESETS, GeneratorConfig
+from spade_deploy.model import io_spec
+from spade_deploy.model.config import PRESETS, GeneratorConfig
 from spade_deploy.model.images import read_rgb, write_rgb
 from spade_deploy.model.labels import check_semantic_input, read_label_png, read_png
 from spade_deploy.model.tensors import encode_style, rgb_to_tensor, sample_z, tensor_to_rgb, to_semantic_input
@@ -121,10 +122,8 @@ def latent(args: argparse.Namespace, config: GeneratorConfig) -> torch.Tensor | 
     if not config.use_vae:
         return None
     if args.style is not None:
+        io_spec.check_encoder_fits(config)
         encoder = load_encoder(args.encoder)
-        if config.z_dim != ENCODER_LATENT:
-            raise ValueError(f"the style encoder gives {ENCODER_LATENT}-dim latents, but this generator takes "
-                             f"z_dim={config.z_dim}")
         return encode_style(encoder, rgb_to_tensor(read_rgb(args.style)), seed=args.seed)
     if args.seed is None:
         print(f"note: a VAE generator needs a latent z; without --style or --seed it is drawn with seed "

@@ -18,6 +18,7 @@ from spade_deploy.export.graphs import DeployGenerator, encoder_graph, generator
 from spade_deploy.export.metadata import TOLERANCE
 from spade_deploy.export.onnx import write_encoder_onnx, write_generator_onnx
 from spade_deploy.export.parity import Comparison, check, encoder_parity, format_table, generator_parity
+from spade_deploy.model import io_spec
 from spade_deploy.model.checkpoint import load_encoder, load_generator
 from spade_deploy.model.labels import check_label_size
 from spade_deploy.model.networks import ConvEncoder, SPADEGenerator
@@ -61,9 +62,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
     overrides = {"num_upsampling_layers": num_upsampling_layers} if num_upsampling_layers else {}
     with step(f"loading {checkpoint}"):
         generator = load_generator(checkpoint, preset=preset, **overrides)
-        if encoder is not None and not generator.config.use_vae:
-            raise ValueError(f"an encoder was given, but {checkpoint} is not a VAE generator: it takes no style "
-                             f"latent")
+        if encoder is not None:
+            io_spec.check_encoder_fits(generator.config)
         style_encoder = load_encoder(encoder) if encoder is not None else None
     print(f"  generator: {generator.config}", file=sys.stderr)
     default_height, default_width = generator.config.image_size

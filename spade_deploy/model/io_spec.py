@@ -161,6 +161,16 @@ def check_z(z: ArrayLike | None, config: GeneratorConfig, batch: int) -> np.ndar
     return array.astype(np.float32)
 
 
+def check_encoder_fits(config: GeneratorConfig) -> None:
+    """A style encoder feeds only a VAE generator whose latent has the encoder's width."""
+    if not config.use_vae:
+        raise ValueError("a style encoder was given, but the generator is not a VAE generator (use_vae=False): it "
+                         "takes no latent, so a style image has nothing to set; drop the encoder")
+    if config.z_dim != ENCODER_LATENT:
+        raise ValueError(f"the style encoder gives {ENCODER_LATENT}-dim latents, but the generator takes "
+                         f"z_dim={config.z_dim}; the style path needs z_dim={ENCODER_LATENT}")
+
+
 def check_latent_options(config: GeneratorConfig, *, has_encoder: bool, style: bool, seed: bool) -> None:
     """Refuse a style image for a model without a style encoder, and a seed for a model that draws no latent (the
     user-facing pipeline's optional inputs; `style`/`seed`: whether one was given)."""

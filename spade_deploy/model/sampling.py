@@ -26,6 +26,16 @@ def reparameterize(mu: Array, logvar: Array, eps: Array) -> Array:
     return mu + eps * std
 
 
+def style_or_seed_latent(z_dim: int, seed: int | None,
+                         encoded: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """`[1, z_dim]` latent of one item by the served pipeline's rule: with a style's `encoded` = (mu, logvar), its
+    mean (no seed) or a seeded sample around it; without one, a seeded standard-normal sample."""
+    if encoded is None:
+        return sample_latent(1, z_dim, seed)
+    mu, logvar = encoded
+    return mu.astype(np.float32) if seed is None else sample_posterior(mu, logvar, seed)
+
+
 def sample_posterior(mu: np.ndarray, logvar: np.ndarray, seed: int | None = None) -> np.ndarray:
     """`reparameterize` with `eps = sample_latent(..., seed)`: a seeded sample around a style's mean."""
     return reparameterize(mu, logvar, sample_latent(mu.shape[0], mu.shape[1], seed)).astype(np.float32)

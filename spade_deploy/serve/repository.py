@@ -26,7 +26,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.model import io_spec
-from spade_deploy.model.config import ENCODER_LATENT, GeneratorConfig
 from spade_deploy.serve.served_model import INTRA_OP_THREADS, PARAMETER, describe
 
 Variant = Literal["cpu", "gpu"]
@@ -66,7 +65,7 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     metadata = read_export_metadata(generator_onnx)
     config, height, width = metadata.config, metadata.height, metadata.width
     if encoder_onnx is not None:
-        _check_encoder_fits(config)
+        io_spec.check_encoder_fits(config)
     _check_replaceable(repo_dir)
 
     described = describe(config, height, width)
@@ -100,15 +99,6 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     pipeline.backend = "python"
     models[io_spec.PIPELINE_MODEL] = (pipeline, {"model.py": TEMPLATES / "pipeline.py"})
     return _write_atomically(repo_dir, models)
-
-
-def _check_encoder_fits(config: GeneratorConfig) -> None:
-    if not config.use_vae:
-        raise ValueError("an encoder ONNX was given, but the generator is not a VAE generator (use_vae=False): it "
-                         "takes no latent, so a style image has nothing to set; export without the encoder")
-    if config.z_dim != ENCODER_LATENT:
-        raise ValueError(f"the encoder produces {ENCODER_LATENT}-dim latents but the generator takes "
-                         f"z_dim={config.z_dim}; the style path needs z_dim={ENCODER_LATENT}")
 
 
 def _check_replaceable(repo_dir: Path) -> None:

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from spade_deploy.model import io_spec
-from spade_deploy.model.config import ENCODER_LATENT, GeneratorConfig
-from spade_deploy.model.sampling import sample_latent, sample_posterior
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.model.sampling import style_or_seed_latent
 
 Encode = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 RGB [h, w, 3] -> (mu, logvar) [1, 256]
 
@@ -59,20 +59,17 @@ def local_latent(config: GeneratorConfig, seed: int | None, style: np.ndarray | 
     if style is None:
         if seed is None:
             raise ValueError("a VAE model needs a seed or a style image to draw its latent z")
-        return sample_latent(1, config.z_dim, seed)
+        return style_or_seed_latent(config.z_dim, seed)
     if encode is None:
         raise ValueError("this model has no style encoder; pass style=None")
-    mu, logvar = encode(style)
-    return mu if seed is None else sample_posterior(mu, logvar, seed)
+    return style_or_seed_latent(config.z_dim, seed, encode(style))
 
 
-def _check_encoder(config: GeneratorConfig, option: str) -> None:
-    if not config.use_vae:
-        raise ValueError(f"{option}: this generator is not a VAE (it takes no latent z), so a style encoder has "
-                         f"nothing to feed; drop {option}")
-    if config.z_dim != ENCODER_LATENT:
-        raise ValueError(f"{option}: the style encoder gives {ENCODER_LATENT}-dim latents, but this generator takes "
-                         f"z_dim={config.z_dim}")
+def _check_encoder_option(config: GeneratorConfig, option: str) -> None:
+    try:
+        io_spec.check_encoder_fits(config)
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
 
 
 class TorchBackend(Backend):
@@ -89,7 +86,7 @@ class TorchBackend(Backend):
         self.height, self.width = self.config.image_size
         self.encoder = None
         if encoder is not None:
-            _check_encoder(self.config, "--encoder")
+            _check_encoder_option(self.config, "--encoder")
             self.encoder = load_encoder(encoder, preset=preset)
         self.takes_style = self.encoder is not None
 
@@ -122,7 +119,7 @@ class OnnxBackend(Backend):
         self.config, self.height, self.width = self.generator.config, self.generator.height, self.generator.width
         self.encoder = None
         if encoder is not None:
-            _check_encoder(self.config, "--onnx-encoder")
+            _check_encoder_option(self.config, "--onnx-encoder")
             self.encoder = OnnxEncoder(encoder)
         self.takes_style = self.encoder is not None
 

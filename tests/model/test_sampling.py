@@ -10,7 +10,7 @@ import torch
 
 from spade_deploy.model.config import EncoderConfig
 from spade_deploy.model.networks import ConvEncoder
-from spade_deploy.model.sampling import reparameterize, sample_latent, sample_posterior
+from spade_deploy.model.sampling import reparameterize, sample_latent, sample_posterior, style_or_seed_latent
 from spade_deploy.model.tensors import encode_style, sample_z
 
 
@@ -53,3 +53,11 @@ def test_the_torch_free_modules_import_no_torch() -> None:
     code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_pipeline_latent_rule() -> None:
+    """A style's mean without a seed, a seeded sample around it with one, a seeded normal sample without a style."""
+    mu, logvar = np.full((1, 8), 0.5, np.float32), np.zeros((1, 8), np.float32)
+    assert np.array_equal(style_or_seed_latent(8, 3), sample_latent(1, 8, 3))
+    assert np.array_equal(style_or_seed_latent(8, None, (mu, logvar)), mu)
+    assert np.array_equal(style_or_seed_latent(8, 3, (mu, logvar)), sample_posterior(mu, logvar, 3))

@@ -11,7 +11,8 @@ Latent of a VAE model, per item i (the library's own functions, so a served seed
 - style given, no seed: z_i = mu_i of the encoder (deterministic);
 - style and seed:       z_i = sample_posterior(mu_i, logvar_i, seed_i), as `encode_style(..., seed=seed_i)`;
 - seed only:            z_i = sample_latent(1, z_dim, seed_i), as `sample_z(1, z_dim, seed_i)`;
-- neither:              as seed only, with a fresh random seed per item.
+- neither:              as seed only, with a fresh random seed per item
+(`spade_deploy.model.sampling.style_or_seed_latent`, which the studio's in-process backends use too).
 No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast.
 """
 import json
@@ -21,7 +22,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from spade_deploy.model import io_spec
-from spade_deploy.model.sampling import sample_latent, sample_posterior
+from spade_deploy.model.sampling import style_or_seed_latent
 from spade_deploy.serve.served_model import ServedModel, check_request
 
 
@@ -74,15 +75,16 @@ class TritonPythonModel:
     def _latents(self, arrays):
         """`[n, z_dim]` float32 latents of one request (see the module docstring)."""
         count = len(arrays[io_spec.LABEL])  # Triton has checked that every input has this batch size
-        seeds = ([int(seed) for seed in arrays[io_spec.SEED][:, 0]] if io_spec.SEED in arrays
-                 else [secrets.randbits(63) for _ in range(count)])
+        seeds = ([int(seed) for seed in arrays[io_spec.SEED][:, 0]] if io_spec.SEED in arrays else [None] * count)
         if io_spec.STYLE not in arrays:
-            return np.concatenate([sample_latent(1, self.model.config.z_dim, seed) for seed in seeds])
-        mu, logvar = _infer(io_spec.ENCODER_MODEL, {io_spec.STYLE: arrays[io_spec.STYLE]},
-                            [io_spec.MU, io_spec.LOGVAR])
-        if io_spec.SEED not in arrays:
-            return mu
-        return np.concatenate([sample_posterior(mu[i:i + 1], logvar[i:i + 1], seed) for i, seed in enumerate(seeds)])
+            encoded = [None] * count
+            seeds = [secrets.randbits(63) if seed is None else seed for seed in seeds]
+        else:
+            mu, logvar = _infer(io_spec.ENCODER_MODEL, {io_spec.STYLE: arrays[io_spec.STYLE]},
+                                [io_spec.MU, io_spec.LOGVAR])
+            encoded = [(mu[i:i + 1], logvar[i:i + 1]) for i in range(count)]
+        return np.concatenate([style_or_seed_latent(self.model.config.z_dim, seed, style)
+                               for seed, style in zip(seeds, encoded)])
 
 
 class StageError(RuntimeError):
