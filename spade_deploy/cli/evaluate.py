@@ -1,6 +1,7 @@
-"""`spade-deploy evaluate --dataroot DIR --segmenter SEG.onnx`: a generator's mIoU and pixel accuracy the SPADE
-paper's way (a segmenter on generated images against their label maps), beside the same segmenter on the real
-images, and per-class colour statistics; `--json` keeps the whole report."""
+"""`spade-deploy evaluate --dataroot DIR --segmenter SEG.onnx [--inception W.pth]`: a generator's (checkpoint or
+ONNX export) mIoU and pixel accuracy the SPADE paper's way (a segmenter on generated images against their label
+maps), beside the same segmenter on the real images, per-class colour statistics, and FID and KID against the real
+images given the FID Inception's weights; `--json` keeps the whole report."""
 from __future__ import annotations
 
 import argparse
@@ -10,22 +11,33 @@ from typing import Any
 
 from spade_deploy.cli.arguments import positive_int
 from spade_deploy.data.landscapes import bundled_segmenter
+from spade_deploy.evaluation.fid import KID_SUBSET_SIZE, KID_SUBSETS, WEIGHTS_FILE  # numpy only: no torch
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="score a generator: segmenter mIoU on its images vs on the real ones",
+        "evaluate", help="score a generator: segmenter mIoU on its images vs on the real ones, FID and KID",
         description="Synthesize an image from every label map of a folder dataset (sorted by name), run an ONNX "
                     "segmenter (from `spade-deploy train-segmenter`) on it and on the dataset's real image, and "
                     "compare both segmentations with the label map: mIoU (mean over the classes present in the "
-                    "label maps or the prediction), pixel accuracy, per-class IoU and per-class colour statistics.")
+                    "label maps or the prediction), pixel accuracy, per-class IoU and per-class colour statistics; "
+                    "with --inception, FID and KID of the generated images against the real ones.")
     parser.add_argument("--dataroot", type=Path, required=True, metavar="DIR",
                         help="dataset folder: DIR/images/*, DIR/labels/*.png (class indices)")
     parser.add_argument("--segmenter", type=Path, metavar="SEG.onnx",
                         help="segmenter written by `spade-deploy train-segmenter` (default: the bundled landscape "
                              "segmenter)")
-    parser.add_argument("--checkpoint", type=Path, metavar="G.pth",
-                        help="generator checkpoint (default: the bundled landscape model)")
+    parser.add_argument("--checkpoint", type=Path, metavar="G.pth|G.onnx",
+                        help="the generator: a checkpoint (.pth: ours, a training run's or an official "
+                             "latest_net_G.pth) or an ONNX export from `spade-deploy export` (.onnx; the label maps "
+                             "must have its size) (default: the bundled landscape model)")
+    parser.add_argument("--inception", type=Path, metavar="W.pth",
+                        help=f"compute FID and KID with these Inception weights: {WEIGHTS_FILE} from pytorch-fid's "
+                             f"GitHub release 'fid_weights' (the file published FIDs use). FID is biased upward for "
+                             f"few images (papers use 10k+): compare FIDs of equal counts only; KID is unbiased")
+    parser.add_argument("--kid-subset-size", type=positive_int, default=KID_SUBSET_SIZE, metavar="N",
+                        help=f"images per KID subset (of {KID_SUBSETS}); at most the number of maps (default: "
+                             f"{KID_SUBSET_SIZE})")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="score the first N label maps only")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="label maps per generator call "
                                                                             "(default: 8)")
@@ -38,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from spade_deploy.evaluation.evaluate import evaluate
     from spade_deploy.files import atomic_path
 
-    report = evaluate(args.dataroot, args.segmenter or bundled_segmenter(), checkpoint=args.checkpoint,
-                      limit=args.limit, batch_size=args.batch_size, threads=args.threads)
+    report = evaluate(args.dataroot, args.segmenter or bundled_segmenter(), generator=args.checkpoint,
+                      inception=args.inception, kid_subset_size=args.kid_subset_size, limit=args.limit,
+                      batch_size=args.batch_size, threads=args.threads)
     print(summary(report))
     print(class_table(report))
     if args.json is not None:
@@ -50,11 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(report: dict[str, Any]) -> str:
-    """One line: generated vs real mIoU, their ratio, pixel accuracies, maps and time."""
+    """One line: generated vs real mIoU, their ratio, pixel accuracies, FID and KID when computed, maps and time."""
     real, generated, ratio = report["real"], report["generated"], report["mIoU_ratio"]
+    distances = ""
+    if report["fid"] is not None:
+        kid = report["kid"]
+        distances = f", FID {report['fid']:.2f}, KID {kid['mean']:.4f} (std {kid['std']:.4f})"
     return (f"generated mIoU {generated['mIoU']:.3f} vs real {real['mIoU']:.3f} "
             f"(ratio {'n/a' if ratio is None else f'{ratio:.3f}'}), pixel accuracy {generated['pixel_accuracy']:.3f} "
-            f"vs {real['pixel_accuracy']:.3f}, on {report['maps']} label maps in {report['wall_s']:.1f} s")
+            f"vs {real['pixel_accuracy']:.3f}{distances}, on {report['maps']} label maps in {report['wall_s']:.1f} s")
 
 
 def class_table(report: dict[str, Any]) -> str:

@@ -2,21 +2,28 @@
 `torchrun --nproc_per_node N -m training.train ...`: train SPADE.
 
     torchrun --nproc_per_node 8 -m training.train --preset ade20k --dataroot ADEChallengeData2016 \\
-        --batch-size 32 --epochs 200 --vgg-weights vgg19.pth --amp bf16 --run-dir runs/ade20k
+        --batch-size 32 --epochs 200 --vgg-weights vgg19.pth --run-dir runs/ade20k
 
 `--dry-run` prints the resolved options as JSON and exits; RUN/training_options.json holds the same tree.
-`--resume` continues RUN/checkpoints/latest.pt: rerun the original command with it.
+`--resume` continues RUN/checkpoints/latest.pt: rerun the original command with it. A different run length is
+refused, since the LR schedule is planned for the length the run started with; `--reschedule` allows it, loudly.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from spade_deploy.cli.arguments import positive_int
 from spade_deploy.model.config import PRESETS, EncoderConfig, generator_preset
 from spade_deploy.training.discriminator import DiscriminatorConfig
-from spade_deploy.training.options import AMP_MODES, DataOptions, LossOptions, OptimOptions, RunOptions, TrainingOptions
+from spade_deploy.training.options import (AMP_MODES, LR_DECAY_MODES, DataOptions, EvalOptions, LossOptions,
+                                            OptimOptions, RunOptions, TrainingOptions)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EMA_DEFAULT_DECAY = 0.999
 LOAD_SIZE_RATIO = 286 / 256  # the official presets resize to 286 before a random 256 crop
@@ -60,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--use-vae", action="store_true", help="train the style encoder with a KLD loss")
     model.add_argument("--vgg-weights", help="VGG19 state dict (torchvision key names) for the perceptual loss")
     model.add_argument("--no-vgg-loss", action="store_true", help="train without the VGG perceptual loss")
+    model.add_argument("--vgg-imagenet-norm", action="store_true",
+                       help="deviation: ImageNet-normalise VGG's input (official feeds the [-1, 1] images as they "
+                            "are, which weighs the perceptual term about twice as much)")
 
     loop = parser.add_argument_group("optimisation")
     loop.add_argument("--batch-size", type=int, default=1, help="global batch, split over the processes")
@@ -68,15 +78,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=int, help="run length in passes over the dataset")
     loop.add_argument("--decay-start", type=float, default=0.5,
                       help="fraction of the run after which the LRs decay linearly to 0 (default: 0.5)")
+    loop.add_argument("--lr-decay", choices=LR_DECAY_MODES,
+                      help="epoch: the LRs fall once after each epoch of the decay (official; the default with "
+                           "--epochs); step: after every step (the default with --max-steps)")
     loop.add_argument("--ema", type=float, nargs="?", const=EMA_DEFAULT_DECAY, metavar="DECAY",
                       help=f"keep an EMA of the generator (decay per step, default {EMA_DEFAULT_DECAY}); the "
                            f"checkpoint's generator is then the EMA")
+    loop.add_argument("--ema-bn-batches", type=positive_int, default=OptimOptions.ema_bn_batches, metavar="N",
+                      help=f"random batches of the training batch size that re-estimate the EMA generator's "
+                           f"batch-norm statistics before each save (default: {OptimOptions.ema_bn_batches})")
     loop.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision (fp16: CUDA only)")
     loop.add_argument("--seed", type=int, default=0)
+
+    evaluation = parser.add_argument_group("evaluation while training (TensorBoard eval/*; see `spade-deploy evaluate`)")
+    evaluation.add_argument("--eval-dataroot", metavar="DIR",
+                            help="validation split in the training data's layout: score the generator on it before "
+                                 "the first step, every --eval-every epochs and after the last step")
+    evaluation.add_argument("--eval-every", type=positive_int, default=1, metavar="EPOCHS",
+                            help="epochs between evaluations (default: 1)")
+    evaluation.add_argument("--eval-segmenter", metavar="SEG.onnx",
+                            help="segmenter from `spade-deploy train-segmenter` for mIoU and pixel accuracy "
+                                 "(default: the bundled landscape segmenter)")
+    evaluation.add_argument("--eval-inception", metavar="PATH",
+                            help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: adds FID and KID")
+    evaluation.add_argument("--eval-limit", type=positive_int, metavar="N",
+                            help="score the first N label maps of the split only")
 
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", required=True, help="options, TensorBoard logs and checkpoints/")
     run.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/latest.pt")
+    run.add_argument("--reschedule", action="store_true",
+                     help="with --resume and a new --max-steps/--epochs: replan the LR schedule for the new length "
+                          "(the LR moves at once; without this flag such a resume is refused)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default: 1000)")
     run.add_argument("--keep", type=int, default=3, help="step checkpoints kept beside latest.pt (default: 3)")
@@ -105,8 +138,12 @@ def build_options(args: argparse.Namespace) -> TrainingOptions:
             flip=not args.no_flip,
             num_workers=args.num_workers,
         ),
-        loss=LossOptions(lambda_vgg=0.0 if args.no_vgg_loss else LossOptions.lambda_vgg, vgg_weights=args.vgg_weights),
-        optim=OptimOptions(decay_start=args.decay_start, ema_decay=args.ema),
+        loss=LossOptions(lambda_vgg=0.0 if args.no_vgg_loss else LossOptions.lambda_vgg, vgg_weights=args.vgg_weights,
+                         vgg_imagenet_norm=args.vgg_imagenet_norm),
+        optim=OptimOptions(decay_start=args.decay_start, lr_decay=args.lr_decay or ("epoch" if args.epochs else "step"),
+                           ema_decay=args.ema, ema_bn_batches=args.ema_bn_batches),
+        eval=EvalOptions(dataroot=args.eval_dataroot, every=args.eval_every, segmenter=args.eval_segmenter,
+                         inception=args.eval_inception, limit=args.eval_limit),
         run=RunOptions(run_dir=args.run_dir, batch_size=args.batch_size, max_steps=args.max_steps,
                        epochs=args.epochs, seed=args.seed, device=args.device, amp=args.amp,
                        save_every=args.save_every, keep=args.keep, log_every=args.log_every),
@@ -121,5 +158,36 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", 0)) == 0:
             print(json.dumps(options.to_dict(), indent=2))
         return 0
-    train(options, resume=args.resume)
+    if args.reschedule and not args.resume:
+        raise ValueError("--reschedule changes the schedule of a resumed run; pass it with --resume")
+    if options.eval.dataroot is None and any(getattr(args, name) for name in ("eval_segmenter", "eval_inception",
+                                                                               "eval_limit")):
+        raise ValueError("--eval-segmenter, --eval-inception and --eval-limit set up --eval-dataroot's evaluation; "
+                         "pass --eval-dataroot DIR")
+    train(options, resume=args.resume, reschedule=args.reschedule, evaluator=evaluator(options.eval))
     return 0
+
+
+def evaluator(options: EvalOptions) -> Callable[[nn.Module], dict[str, float]] | None:
+    """The training loop's scorer for `options` (None without a validation split): the headline numbers of
+    `spade_deploy.evaluation.evaluate` on the generator being trained, with the Inception network loaded once."""
+    if options.dataroot is None:
+        return None
+    from spade_deploy.data.landscapes import bundled_segmenter
+    from spade_deploy.evaluation.evaluate import evaluate
+    from spade_deploy.evaluation.inception import load_inception
+
+    segmenter = options.segmenter or bundled_segmenter()
+    inception = load_inception(options.inception) if options.inception else None
+
+    def score(generator: nn.Module) -> dict[str, float]:
+        if inception is not None:
+            inception.to(next(generator.parameters()).device)
+        report = evaluate(options.dataroot, segmenter, generator=generator, inception=inception,
+                          limit=options.limit, progress=False)
+        scores = {"mIoU": report["generated"]["mIoU"], "pixel_accuracy": report["generated"]["pixel_accuracy"],
+                  "mIoU_ratio": report["mIoU_ratio"], "fid": report["fid"],
+                  "kid": report["kid"]["mean"] if report["kid"] else None}
+        return {name: value for name, value in scores.items() if value is not None}
+
+    return score

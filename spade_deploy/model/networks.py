@@ -164,11 +164,30 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+@torch.no_grad()
+def converge_spectral_norms(network: nn.Module) -> None:
+    """Give every spectral-norm layer the top singular vectors of its `weight_orig` as `u`, `v`: the point its power
+    iteration converges to, computed directly, since it can take hundreds of iterations where the two largest
+    singular values lie close. Eval mode then divides by `u . (W v)`, the exact largest singular value."""
+    for layer in network.modules():
+        if not hasattr(layer, "weight_orig"):
+            continue
+        matrix = layer.weight_orig.reshape(layer.weight_orig.shape[0], -1)  # [out, in * kh * kw]
+        left, _, right = torch.linalg.svd(matrix.float(), full_matrices=False)
+        layer.weight_u.copy_(left[:, 0])
+        layer.weight_v.copy_(right[0])
+
+
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """The official initialisation: xavier-normal weights (gain 0.02) and zero biases for every conv and linear."""
+    """The official initialisation as it really runs: xavier-normal weights (gain 0.02) for the convs and linears
+    without spectral norm, PyTorch's default weights for those with it, zero biases for all.
+
+    The official code moves a network to the GPU before initialising it, and `.cuda()` gives `weight_orig` new storage
+    while spectral norm's plain `weight` attribute keeps the old one: the xavier init lands in that stale copy, which
+    the next forward overwrites. Writing it into `weight_orig` would start those layers ~30x smaller."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            weight = layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight
-            nn.init.xavier_normal_(weight.data, gain=gain)
+            if not hasattr(layer, "weight_orig"):
+                nn.init.xavier_normal_(layer.weight.data, gain=gain)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias.data)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spade_deploy.model.config import EncoderConfig, GeneratorConfig
-from spade_deploy.model.networks import ConvEncoder, SPADEGenerator, init_weights
+from spade_deploy.model.networks import ConvEncoder, SPADEGenerator, converge_spectral_norms, init_weights
 from spade_deploy.model.tensors import to_semantic_input
 
 
@@ -66,16 +66,19 @@ def synthetic_batch(config: GeneratorConfig, batch: int, *, height: int | None =
 def random_generator(config: GeneratorConfig, *, seed: int = 0, calibration_batches: int = 2,
                      output_std: float = 0.5) -> SPADEGenerator:
     """An eval-mode generator with random official-init weights, calibrated like a trained one: batch-norm running
-    statistics are the exact statistics of synthetic batches, the spectral-norm u, v come from power iterations,
+    statistics are the exact statistics of synthetic batches, the spectral-norm u, v are converged,
     and the last conv is scaled so outputs spread over [-1, 1] (std about `output_std`)."""
     torch.manual_seed(seed)
     generator = SPADEGenerator(config)
     init_weights(generator)
+    converge_spectral_norms(generator)  # the calibration passes below then keep them converged
     for module in generator.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
             # Zero biases would hide bias-folding mistakes; biases on the scale of the weights' contribution keep
             # batch-norm inputs from being a near-constant offset (which no trained model has).
-            weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+            weight = module.weight
+            if hasattr(module, "weight_orig"):  # what the layer applies: weight_orig over its largest singular value
+                weight = module.weight_orig / torch.linalg.matrix_norm(module.weight_orig.flatten(1), ord=2)
             fan_in = weight[0].numel()
             module.bias.normal_(0.0, 0.5 * float(weight.std()) * fan_in ** 0.5)
         if isinstance(module, nn.BatchNorm2d):

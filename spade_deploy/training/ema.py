@@ -1,8 +1,9 @@
 """Exponential moving average of the generator, and the batch-norm re-estimation that makes it usable.
 
 The EMA averages the parameters only; its buffers (batch-norm statistics, spectral-norm vectors) follow the trained
-generator. Averaged weights do not match those statistics, so before a save the statistics are recomputed on a copy:
-that copy is what gets exported, and training state is left untouched.
+generator. Averaged weights do not match those buffers, so before a save a copy gets both anew: spectral-norm vectors
+converged on the averaged weights (the trained generator's underestimate their largest singular value), then batch-norm
+statistics recomputed with those weights. That copy is what gets exported; training state is left untouched.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from spade_deploy.model.networks import SPADEGenerator
+from spade_deploy.model.networks import SPADEGenerator, converge_spectral_norms
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]  # semantic [N, semantic_nc, H, W], z [N, z_dim] or None
 
@@ -35,8 +36,10 @@ class GeneratorEMA:
             average.copy_(current)
 
     def export(self, batches: Iterable[Batch]) -> SPADEGenerator:
-        """An eval-mode copy of the average with its batch-norm statistics recomputed on `batches`."""
+        """An eval-mode copy of the average with its spectral norms converged and its batch-norm statistics
+        recomputed on `batches`."""
         model = copy.deepcopy(self.model)
+        converge_spectral_norms(model)
         recompute_batchnorm(model, batches)
         return model
 

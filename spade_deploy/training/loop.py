@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +32,39 @@ from spade_deploy.training.distributed import Context, all_gather
 from spade_deploy.training.ema import GeneratorEMA
 from spade_deploy.training.losses import SPADELoss, VGGLoss, load_vgg19, sample_posterior
 from spade_deploy.training.monitor import Monitor
-from spade_deploy.training.options import TrainingOptions, check_resumable
+from spade_deploy.training.options import OptimOptions, TrainingOptions, check_resumable
 
 PREVIEW_SAMPLES = 4  # columns of the TensorBoard image grid
 FixedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]  # labels, semantic, real, z
 
 
-def train(options: TrainingOptions, *, resume: bool = False) -> None:
-    """Train as this process's rank of a torchrun job (or alone); with `resume`, continue from `latest.pt`."""
+Evaluator = Callable[[nn.Module], dict[str, float]]  # eval-mode generator -> named scores
+
+
+def train(options: TrainingOptions, *, resume: bool = False, reschedule: bool = False,
+          evaluator: Evaluator | None = None) -> None:
+    """Train as this process's rank of a torchrun job (or alone); with `resume`, continue from `latest.pt` on the
+    schedule it started with, or with `reschedule` on the one of `options`' run length. `evaluator` scores the
+    generator every `options.eval.every` epochs on the main rank (it comes from the evaluation stage, above this one)."""
     context = distributed.setup(options.run.device)
     try:
-        Trainer(options, context, resume=resume).run()
+        Trainer(options, context, resume=resume, reschedule=reschedule, evaluator=evaluator).run()
     finally:
         distributed.teardown()
 
 
-def lr_factor(step: int, total_steps: int, decay_start: float) -> float:
-    """1 until `decay_start` of the run, then linearly down towards 0 at `total_steps`."""
-    start = decay_start * total_steps
+def lr_factor(step: int, total_steps: int, optim: OptimOptions, steps_per_epoch: int) -> float:
+    """The LR multiplier of `step` (0-based): 1 until `decay_start` of the run, then linearly down towards 0.
+
+    Per epoch (official): `niter` constant epochs, then after each further epoch one step of 1/`niter_decay` down, so
+    the last epoch runs at 1/`niter_decay`. Per step: the same line, moved along every step, reaching 0 at the end."""
+    if optim.lr_decay == "epoch":
+        epochs = total_steps // steps_per_epoch
+        niter = round(optim.decay_start * epochs)
+        if epochs == niter:
+            return 1.0
+        return 1.0 - max(0, step // steps_per_epoch - niter) / (epochs - niter)
+    start = optim.decay_start * total_steps
     if step < start:
         return 1.0
     return max(0.0, 1.0 - (step - start) / (total_steps - start))
@@ -60,9 +76,12 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 class Trainer:
-    def __init__(self, options: TrainingOptions, context: Context, *, resume: bool) -> None:
+    def __init__(self, options: TrainingOptions, context: Context, *, resume: bool, reschedule: bool = False,
+                 evaluator: Evaluator | None = None) -> None:
         self.options = options
         self.context = context
+        self.evaluator = evaluator
+        self._exported: tuple[int, nn.Module] | None = None  # (step, generator) of the last export
         run, config, device = options.run, options.generator, context.device
         if run.amp == "fp16" and device.type != "cuda":
             raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 or none")
@@ -102,7 +121,9 @@ class Trainer:
         self.ema = GeneratorEMA(self.generator, options.optim.ema_decay) if options.optim.ema_decay else None
         if device.type == "cuda" and context.world_size > 1:
             self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)
-        vgg = VGGLoss(load_vgg19(options.loss.vgg_weights)).to(device) if options.loss.lambda_vgg > 0 else None
+        vgg = None
+        if options.loss.lambda_vgg > 0:
+            vgg = VGGLoss(load_vgg19(options.loss.vgg_weights, imagenet_norm=options.loss.vgg_imagenet_norm)).to(device)
         self.loss = SPADELoss(options.loss, vgg)
 
         # The loop owns the optimisers; the encoder trains with the generator (official).
@@ -119,6 +140,7 @@ class Trainer:
         self.step = 0
         if checkpoint is not None:
             self._restore(checkpoint)
+            self._check_schedule(checkpoint, reschedule)
 
         # DDP averages the gradients of the passes that go through these wrappers.
         self.ddp_generator = self._ddp(self.generator)
@@ -172,6 +194,25 @@ class Trainer:
         checkpoints.set_rng_state(checkpoint["rng"][self.context.rank], self.noise)
         self.step = checkpoint["step"]
 
+    def _check_schedule(self, checkpoint: dict[str, Any], reschedule: bool) -> None:
+        """A resumed run keeps the run length its LR schedule was planned for: the schedule is a fraction of it, so
+        a new length moves the LR at once. `reschedule` accepts that, and says so."""
+        saved = checkpoint["options"]["run"]
+        planned = saved["max_steps"] or saved["epochs"] * self.steps_per_epoch
+        if planned == self.total_steps:
+            return
+        optim = self.options.optim
+        before = lr_factor(self.step, planned, optim, self.steps_per_epoch)
+        after = lr_factor(self.step, self.total_steps, optim, self.steps_per_epoch)
+        change = (f"the run was planned for {planned} steps and is now {self.total_steps}: at step {self.step} the LR "
+                  f"factor moves from {before:.3f} to {after:.3f}")
+        if not reschedule:
+            length = f"--max-steps {saved['max_steps']}" if saved["max_steps"] else f"--epochs {saved['epochs']}"
+            raise ValueError(f"--resume keeps the schedule the run started with, but {change}. Resume with {length}, "
+                             f"or pass --reschedule to change the schedule")
+        if self.context.is_main:
+            print(f"WARNING: --reschedule: {change}", file=sys.stderr, flush=True)
+
     # ---------------------------------------------------------------------------------------------------- loop
 
     def run(self) -> dict[str, torch.Tensor]:
@@ -185,12 +226,15 @@ class Trainer:
                           images_per_step=run.batch_size)
         first = self.step
         losses: dict[str, torch.Tensor] = {}
+        evaluate_every = self.options.eval.every * self.steps_per_epoch
         try:
+            if self.step == 0:
+                self._evaluate(monitor)  # the baseline, and a wrong segmenter or split shows at once
             while self.step < self.total_steps:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
                 self.sampler.start(epoch, skip=position * self.batch_per_rank)
                 for batch in self.loader:
-                    factor = lr_factor(self.step, self.total_steps, self.options.optim.decay_start)
+                    factor = lr_factor(self.step, self.total_steps, self.options.optim, self.steps_per_epoch)
                     losses = self._train_step(batch, factor)
                     self.step += 1
                     if self.ema:
@@ -199,6 +243,8 @@ class Trainer:
                     monitor.step(self.step, losses, factor, log)
                     if self.step % run.save_every == 0 or self.step == self.total_steps:
                         self._save(monitor)
+                    if self.step % evaluate_every == 0 or self.step == self.total_steps:
+                        self._evaluate(monitor)
                     if self.step == self.total_steps:
                         break
         finally:
@@ -242,12 +288,7 @@ class Trainer:
         rng = all_gather(checkpoints.rng_state(self.noise), self.context)
         if not self.context.is_main:
             return
-        if self.ema:
-            batches = self._fixed_batches(self.options.optim.ema_bn_batches * self.batch_per_rank,
-                                          self.batch_per_rank)
-            exported = self.ema.export((semantic, z) for _, semantic, _, z in batches)
-        else:
-            exported = self.generator
+        exported = self._export()
         entries: dict[str, Any] = {
             "generator": checkpoint_entry(exported),  # what load_generator and the exporters read
             "discriminator": checkpoint_entry(self.discriminator),
@@ -266,25 +307,49 @@ class Trainer:
             entries["generator_raw"] = checkpoint_entry(self.generator)  # the trained weights, for resuming
         checkpoints.save(entries, self.run_dir, self.step, self.options.run.keep)
 
-        [(labels, semantic, real, _)] = self._fixed_batches(PREVIEW_SAMPLES, PREVIEW_SAMPLES)
+        [(labels, semantic, real, _)] = self._batches(0, [range(min(PREVIEW_SAMPLES, len(self.dataset)))])
         with torch.no_grad(), _evaluating(exported), _evaluating(self.encoder):
             z = self.encoder(real)[0] if self.encoder else None  # the style of the real image (mu)
             fake = exported(semantic, z)
         monitor.images(self.step, labels, fake, real, self.options.generator)
 
-    def _fixed_batches(self, count: int, size: int) -> list[FixedBatch]:
-        """The first `count` samples (epoch-0 crops) in batches of `size`: (labels, semantic, real, z), z drawn from
-        the run seed. The same at every save, and no training state is touched."""
-        count = min(count, len(self.dataset))
+    def _export(self) -> nn.Module:
+        """The generator a checkpoint holds: the EMA made ready (once per step), or the trained one."""
+        if not self.ema:
+            return self.generator
+        if self._exported is None or self._exported[0] != self.step:
+            batches = ((semantic, z) for _, semantic, _, z in self._statistics_batches())
+            self._exported = (self.step, self.ema.export(batches))
+        return self._exported[1]
+
+    def _evaluate(self, monitor: Monitor) -> None:
+        """Main rank: score the exported generator and log the scores (the other ranks wait at the next step)."""
+        if self.evaluator is None or not self.context.is_main:
+            return
+        generator = self._export()
+        with torch.no_grad(), _evaluating(generator):
+            scores = self.evaluator(generator)
+        monitor.scalars(self.step, "eval", scores)
+
+    def _statistics_batches(self) -> Iterator[FixedBatch]:
+        """`ema_bn_batches` batches for the EMA's batch-norm statistics: random samples of the current epoch's crops,
+        as many per batch as a training step normalises over (the global batch: synchronized batch norm). Drawn
+        from the run seed and the step, so a resumed run exports the same, and no training state is touched."""
+        rng = np.random.default_rng([self.options.run.seed, self.step])
+        size = min(self.options.run.batch_size, len(self.dataset))
+        picks = [rng.choice(len(self.dataset), size, replace=False) for _ in range(self.options.optim.ema_bn_batches)]
+        return self._batches(self.step // self.steps_per_epoch, picks)
+
+    def _batches(self, epoch: int, picks: list[Iterable[int]]) -> Iterator[FixedBatch]:
+        """(labels, semantic, real, z) for each list of sample indices, with `epoch`'s crops and z drawn from the
+        run seed; one batch at a time, since a batch of large one-hot maps can take gigabytes."""
         noise = torch.Generator(self.context.device).manual_seed(self.options.run.seed)
-        fixed = []
-        with torch.no_grad(), _evaluating(self.encoder):
-            for start in range(0, count, size):
-                batch = default_collate([self.dataset[0, index] for index in range(start, min(start + size, count))])
+        for indices in picks:
+            batch = default_collate([self.dataset[epoch, int(index)] for index in indices])
+            with torch.no_grad(), _evaluating(self.encoder):
                 semantic, real = self._inputs(batch)
                 z = sample_posterior(*self.encoder(real), noise) if self.encoder else None
-                fixed.append((batch["label"], semantic, real, z))
-        return fixed
+            yield batch["label"], semantic, real, z
 
 
 def _optimise(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, losses: dict[str, torch.Tensor]) -> None:

@@ -1,9 +1,9 @@
 """The SPADE objective: hinge GAN, discriminator feature matching, VGG19 perceptual loss and the encoder's KLD.
 
-Weights and formulas follow the official code (see shared/notes/spade-reference.md). One deliberate difference: the
-VGG19 sees ImageNet-normalised inputs, as its torchvision weights were trained on, where the official code feeds the
-[-1, 1] images unnormalised. The networks are passed in per call, so the loop can hand over DDP-wrapped or plain
-modules and keeps the optimisers.
+Weights and formulas follow the official code, down to the VGG19 being fed the raw [-1, 1] images although its
+torchvision weights were trained on ImageNet-normalised ones: the normalisation roughly halves the perceptual term
+against the others, so it is an option (`LossOptions.vgg_imagenet_norm`), not the default. The networks are passed in
+per call, so the loop can hand over DDP-wrapped or plain modules and keeps the optimisers.
 """
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ Predictions = list[list[torch.Tensor]]  # per discriminator scale, its activatio
 
 
 class VGG19Features(nn.Module):
-    """Frozen VGG19 `features[:30]` (torchvision key names); image in [-1, 1] -> relu1_1 .. relu5_1 activations."""
+    """Frozen VGG19 `features[:30]` (torchvision key names); image in [-1, 1] -> relu1_1 .. relu5_1 activations.
 
-    def __init__(self) -> None:
+    `imagenet_norm` maps the image to ImageNet statistics first; the official loss feeds it as it is."""
+
+    def __init__(self, *, imagenet_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 3
@@ -40,13 +42,14 @@ class VGG19Features(nn.Module):
                 layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
                 channels = item
         self.features = nn.Sequential(*layers)
+        self.imagenet_norm = imagenet_norm
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        x = ((image + 1) / 2 - self.mean) / self.std  # [N, 3, H, W], ImageNet-normalised
+        x = ((image + 1) / 2 - self.mean) / self.std if self.imagenet_norm else image  # [N, 3, H, W]
         activations = []
         start = 0
         for end in VGG_SLICE_ENDS:
@@ -56,7 +59,7 @@ class VGG19Features(nn.Module):
         return activations
 
 
-def load_vgg19(path: str | Path) -> VGG19Features:
+def load_vgg19(path: str | Path, *, imagenet_norm: bool = False) -> VGG19Features:
     """VGG19 features from a torchvision-layout state dict file (`features.N.weight/bias`; other keys ignored)."""
     path = Path(path)
     hint = ("save one with torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), PATH) on a "
@@ -69,7 +72,7 @@ def load_vgg19(path: str | Path) -> VGG19Features:
         raise ValueError(f"{path} is not a readable PyTorch state dict ({type(error).__name__}); {hint}") from error
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a VGG19 state dict; {hint}")
-    model = VGG19Features()
+    model = VGG19Features(imagenet_norm=imagenet_norm)
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     mismatched = [f"{key} {list(state[key].shape)} (expected {list(expected[key].shape)})"

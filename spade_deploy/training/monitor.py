@@ -41,6 +41,15 @@ class Monitor:
         self.writer.add_scalar("train/lr_factor", lr_factor, step)
         self.writer.add_scalar("train/images_per_second", images_per_second, step)
 
+    def scalars(self, step: int, group: str, values: dict[str, float]) -> None:
+        """TensorBoard scalars `group/name`, and a line under the bar."""
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(f"{group}/{name}", value, step)
+        self.writer.flush()
+        self.bar.write(f"step {step} {group}: " + ", ".join(f"{name} {value:.4g}" for name, value in values.items()))
+
     def images(self, step: int, labels: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
                config: GeneratorConfig) -> None:
         """One grid: rows label colours / generated / real, one column per sample."""

@@ -14,8 +14,10 @@ from spade_deploy.training.discriminator import DiscriminatorConfig
 
 Preprocess = Literal["resize_and_crop", "fixed"]
 Amp = Literal["none", "bf16", "fp16"]
+LrDecay = Literal["epoch", "step"]
 PREPROCESS_MODES = ("resize_and_crop", "fixed")
 AMP_MODES = ("none", "bf16", "fp16")
+LR_DECAY_MODES = ("epoch", "step")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class LossOptions:
     lambda_vgg: float = 10.0  # VGG19 perceptual loss; 0 trains without it (--no-vgg-loss)
     lambda_kld: float = 0.05  # KL divergence of the encoder's posterior (a sum over the batch)
     vgg_weights: str | None = None  # torchvision-layout VGG19 state dict (features.N.weight / bias)
+    vgg_imagenet_norm: bool = False  # ImageNet-normalise VGG's input (a deviation: official feeds [-1, 1] as is)
 
     def __post_init__(self) -> None:
         if self.lambda_vgg > 0 and not self.vgg_weights:
@@ -54,14 +57,17 @@ class OptimOptions:
     beta1: float = 0.0  # Adam betas of the official TTUR setting
     beta2: float = 0.9
     decay_start: float = 0.5  # fraction of the run after which the LRs fall linearly to 0 (1.0: constant)
+    lr_decay: LrDecay = "epoch"  # official: one LR step down after each epoch of the decay; "step": after every step
     ema_decay: float | None = None  # EMA of the generator per step; None: no EMA
-    ema_bn_batches: int = 8  # batches that re-estimate the EMA generator's batch-norm statistics before a save
+    ema_bn_batches: int = 100  # random batches that re-estimate the EMA generator's batch-norm statistics per save
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start is a fraction of the run in [0, 1], got {self.decay_start}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema decay must lie in (0, 1), e.g. 0.999, got {self.ema_decay}")
+        if self.lr_decay not in LR_DECAY_MODES:
+            raise ValueError(f"lr_decay must be one of {list(LR_DECAY_MODES)}, got {self.lr_decay!r}")
         if self.ema_bn_batches < 1:
             raise ValueError(f"ema_bn_batches must be positive, got {self.ema_bn_batches}")
 
@@ -95,6 +101,21 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
+class EvalOptions:
+    dataroot: str | None = None  # validation split, in the training data's layout; None: no evaluation while training
+    every: int = 1  # epochs between evaluations (and one before the first step and one after the last)
+    segmenter: str | None = None  # ONNX segmenter from `spade-deploy train-segmenter`; None: the bundled landscape one
+    inception: str | None = None  # pt_inception-2015-12-05 weights: adds FID and KID
+    limit: int | None = None  # score the first N label maps of the split only
+
+    def __post_init__(self) -> None:
+        for name in ("every", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"eval {name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     generator: GeneratorConfig
     encoder: EncoderConfig | None  # present exactly when generator.use_vae
@@ -103,6 +124,7 @@ class TrainingOptions:
     loss: LossOptions
     optim: OptimOptions
     run: RunOptions
+    eval: EvalOptions = EvalOptions()
 
     def __post_init__(self) -> None:
         config = self.generator
@@ -114,6 +136,9 @@ class TrainingOptions:
         if self.discriminator.input_nc != config.semantic_nc + 3:
             raise ValueError(f"discriminator input_nc must be semantic_nc + 3 = {config.semantic_nc + 3}, "
                              f"got {self.discriminator.input_nc}")
+        if self.optim.lr_decay == "epoch" and self.run.epochs is None:
+            raise ValueError("the official per-epoch LR decay needs the run length in epochs (--epochs); a run of "
+                             "--max-steps decays per step (--lr-decay step)")
         if self.data.preprocess == "resize_and_crop":
             if config.aspect_ratio != 1.0:
                 raise ValueError(f"resize_and_crop makes square crops; aspect_ratio={config.aspect_ratio} needs "
@@ -125,15 +150,19 @@ class TrainingOptions:
         return dataclasses.asdict(self)
 
 
-# Options a resumed run may change: where things are, how fast they run, how long training goes on.
-RESUMABLE_CHANGES = {"data.dataroot", "data.num_workers", "loss.vgg_weights", "run.run_dir", "run.device",
-                     "run.max_steps", "run.epochs", "run.save_every", "run.keep", "run.log_every"}
+# Options a resumed run may change: where things are, how fast they run, what a save exports, how long training goes
+# on (the last only with --reschedule: see the loop).
+RESUMABLE_CHANGES = {"data.dataroot", "data.num_workers", "loss.vgg_weights", "optim.ema_bn_batches", "run.run_dir",
+                     "run.device", "run.max_steps", "run.epochs", "run.save_every", "run.keep", "run.log_every",
+                     *(f"eval.{field.name}" for field in dataclasses.fields(EvalOptions))}
+# What runs saved before an option existed did in its place: such a run resumes only with that behaviour.
+LEGACY_VALUES = {"optim.lr_decay": "step", "loss.vgg_imagenet_norm": True}
 
 
 def check_resumable(options: TrainingOptions, saved: dict[str, Any]) -> None:
     """Raise `ValueError` listing every option that differs from the checkpoint's and would change the training."""
     current = _flatten(options.to_dict())
-    before = _flatten(saved)
+    before = {**LEGACY_VALUES, **_flatten(saved)}
     differing = sorted(key for key in current.keys() | before.keys()
                        if key not in RESUMABLE_CHANGES and current.get(key) != before.get(key))
     if differing:

@@ -1,6 +1,6 @@
 """`spade-deploy train-segmenter` and `spade-deploy evaluate` end to end on a few 128 px landscapes with the bundled
-generator: the report's numbers are those of the segmenter run directly, and every bad input exits 2 with its
-reason."""
+generator: the report's numbers are those of the segmenter run directly, FID and KID (random-weight Inception) are
+printed and written, and every bad input exits 2 with its reason."""
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +31,7 @@ from spade_deploy.model.checkpoint import load_generator
 from spade_deploy.model.images import read_rgb, write_rgb
 from spade_deploy.model.labels import read_png
 from spade_deploy.model.tensors import tensor_to_rgb, to_semantic_input
+from tests.evaluation.inception_weights import write_random_inception
 
 MAPS = 3  # --limit: of the 4 maps written, the first 3 are scored
 
@@ -40,7 +41,7 @@ class Workspace:
     root: Path
     data: Path  # 4 landscapes of 128 px, the bundled generator's size
     segmenter: Path  # trained for a few steps on them
-    report: dict  # `evaluate --limit 3 --batch-size 2 --json`
+    report: dict  # `evaluate --limit 3 --batch-size 2 --inception --json`
     stdout: str
 
 
@@ -51,10 +52,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     assert cli.main(["landscapes", "--out", str(data), "--count", "4", "--size", "128", "--seed", "3"]) == 0
     assert cli.main(["train-segmenter", "--dataroot", str(data), "--out", str(segmenter), "--steps", "3",
                      "--batch-size", "2"]) == 0
+    inception = write_random_inception(root / "pt_inception.pth")
     stdout = io.StringIO()  # capsys is per test; this output is shared by the module's tests
     with contextlib.redirect_stdout(stdout):
         assert cli.main(["evaluate", "--dataroot", str(data), "--segmenter", str(segmenter), "--limit", str(MAPS),
-                         "--batch-size", "2", "--json", str(report)]) == 0
+                         "--batch-size", "2", "--inception", str(inception), "--json", str(report)]) == 0
     return Workspace(root, data, segmenter, json.loads(report.read_text()), stdout.getvalue())
 
 
@@ -63,15 +65,20 @@ def test_report_and_summary(workspace: Workspace) -> None:
     assert report["maps"] == MAPS and report["pixels"] == MAPS * 128 * 128
     assert report["classes"] == list(LANDSCAPE_CLASSES)
     assert report["generator"] == str(bundled_model()) and report["segmenter"] == str(workspace.segmenter)
+    assert report["generator_kind"] == "checkpoint"
     for kind in ("real", "generated"):
         assert 0 <= report[kind]["mIoU"] <= 1 and 0 <= report[kind]["pixel_accuracy"] <= 1
         assert list(report[kind]["iou"]) == list(LANDSCAPE_CLASSES)
     assert report["mIoU_ratio"] == pytest.approx(report["generated"]["mIoU"] / report["real"]["mIoU"])
     assert report["machine"]["cpu"] and report["machine"]["cpu_id"].startswith("family")
     assert report["wall_s"] > 0
+    assert report["fid"] > 0 and report["inception_features"] == MAPS
+    assert report["kid"]["subsets"] == 100 and report["kid"]["subset_size"] == MAPS  # capped at the maps
     lines = workspace.stdout.splitlines()
     assert lines[0].startswith(f"generated mIoU {report['generated']['mIoU']:.3f} vs real "
                                f"{report['real']['mIoU']:.3f} (ratio ")
+    assert (f", FID {report['fid']:.2f}, KID {report['kid']['mean']:.4f} (std {report['kid']['std']:.4f}), on "
+            f"{MAPS} label maps in ") in lines[0]
     assert lines[1].split()[:4] == ["class", "pixels", "IoU", "real"]
     assert [line.split()[0] for line in lines[2:2 + len(LANDSCAPE_CLASSES)]] == list(LANDSCAPE_CLASSES)
     assert lines[-1].startswith("wrote ")
@@ -145,6 +152,11 @@ def _junk_segmenter(workspace: Workspace, tmp_path: Path) -> list[str]:
     return ["--segmenter", str(tmp_path / "junk.onnx")]
 
 
+def _junk_generator_export(workspace: Workspace, tmp_path: Path) -> list[str]:
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    return ["--checkpoint", str(tmp_path / "junk.onnx")]
+
+
 @pytest.mark.parametrize("setup, reason", [
     (lambda workspace, tmp_path: ["--dataroot", str(tmp_path / "missing")], "no such dataset folder: .*missing"),
     (_no_labels, r"no label maps at .*labels/\*\.png"),
@@ -153,8 +165,12 @@ def _junk_segmenter(workspace: Workspace, tmp_path: Path) -> list[str]:
     (_size_the_generator_cannot_make, "label map is 120x120; both sides must be positive multiples of 32"),
     (_three_class_segmenter, "predicts 3 classes but the generator .* has label_nc=10"),
     (_junk_segmenter, "junk.onnx is not a readable ONNX model"),
+    (_junk_generator_export, "junk.onnx is not a readable ONNX model"),
+    (lambda workspace, tmp_path: ["--inception", str(tmp_path / "missing.pth")],
+     ("Inception weights: checkpoint not found: .*missing.pth; FID needs pytorch-fid's "
+      "pt_inception-2015-12-05-6726825d.pth")),
 ], ids=["missing-folder", "no-label-maps", "size-mismatch", "label-range", "generator-size", "class-count",
-        "not-onnx"])
+        "not-onnx", "generator-not-onnx", "no-inception-weights"])
 def test_bad_input_exits_2_with_the_reason(workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture,
                                            setup: Callable[[Workspace, Path], list[str]], reason: str) -> None:
     arguments = {"--dataroot": str(workspace.data), "--segmenter": str(workspace.segmenter)}
@@ -180,3 +196,4 @@ def test_the_bundled_segmenter_is_the_default(workspace: Workspace, tmp_path: Pa
                      str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["segmenter"] == str(bundled_segmenter()) and report["real"]["pixel_accuracy"] > 0.9
+    assert report["fid"] is None and report["kid"] is None  # no --inception: no distances

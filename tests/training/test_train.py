@@ -20,7 +20,7 @@ from spade_deploy.model.checkpoint import read_checkpoint
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.training import checkpoints, distributed
 from spade_deploy.training.loop import Trainer, lr_factor
-from spade_deploy.training.options import TrainingOptions
+from spade_deploy.training.options import OptimOptions, TrainingOptions
 from spade_deploy import cli
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -122,8 +122,14 @@ def test_vae_ema_vgg_run(tmp_path: Path, dataset: Path, vgg_file: Path, tiny_opt
         assert not torch.equal(raw[name], value)  # ... "generator_raw" the trained weights
     statistics = [key for key in exported if key.endswith("running_mean")]
     assert statistics and all(not torch.equal(exported[k], raw[k]) for k in statistics)
-    # re-estimated over ceil(6 samples / batch 2) = 3 fixed batches, as a plain average
-    assert all(exported[k.replace("running_mean", "num_batches_tracked")] == 3 for k in statistics)
+    # re-estimated over ema_bn_batches random batches, as a plain average
+    batches = options.optim.ema_bn_batches
+    assert all(exported[k.replace("running_mean", "num_batches_tracked")] == batches for k in statistics)
+    # spectral norm power-iterated on the averaged weights: u . (W v) is their largest singular value
+    for key in (k for k in exported if k.endswith("weight_orig")):
+        matrix = exported[key].reshape(exported[key].shape[0], -1)
+        sigma = exported[key.replace("_orig", "_u")] @ matrix @ exported[key.replace("_orig", "_v")]
+        torch.testing.assert_close(sigma, torch.linalg.matrix_norm(matrix, ord=2), rtol=1e-4, atol=0)
     encoder = spade_deploy.load_encoder(latest)
     torch.testing.assert_close(encoder.state_dict(), trainer.encoder.state_dict(), rtol=0, atol=0)
     assert spade_deploy.load_generator(latest).config.use_vae
@@ -196,9 +202,39 @@ def test_cli_errors_name_the_fix(tmp_path: Path, dataset: Path, tiny_args, write
     assert "sample1.png: no label map" in refused(capsys, tiny_args(broken, tmp_path / "run"))
 
 
-def test_lr_schedule_is_constant_then_linear() -> None:
-    assert [lr_factor(step, 8, 0.5) for step in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
-    assert [lr_factor(step, 4, 1.0) for step in range(4)] == [1, 1, 1, 1]
+def test_lr_schedule_is_constant_then_linear_per_epoch_or_per_step() -> None:
+    # 4 epochs of 2 steps. Official (per epoch): niter = 2 constant epochs, then after each later epoch one step of
+    # 1/niter_decay down, so the third epoch still runs at 1 and the last at 1/2.
+    per_epoch = OptimOptions(decay_start=0.5, lr_decay="epoch")
+    assert [lr_factor(step, 8, per_epoch, 2) for step in range(8)] == [1, 1, 1, 1, 1, 1, 0.5, 0.5]
+    per_step = OptimOptions(decay_start=0.5, lr_decay="step")
+    assert [lr_factor(step, 8, per_step, 2) for step in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    constant = OptimOptions(decay_start=1.0, lr_decay="epoch")
+    assert [lr_factor(step, 4, constant, 2) for step in range(4)] == [1, 1, 1, 1]
+
+
+def test_run_length_picks_the_lr_decay(tmp_path: Path, dataset: Path, tiny_options, tiny_args,
+                                       capsys: pytest.CaptureFixture) -> None:
+    assert tiny_options(dataset, tmp_path, "--epochs", "2").optim.lr_decay == "epoch"
+    assert tiny_options(dataset, tmp_path).optim.lr_decay == "step"  # --max-steps: no epoch count to decay by
+    assert "per-epoch LR decay needs the run length in epochs" in refused(
+        capsys, tiny_args(dataset, tmp_path / "run", "--lr-decay", "epoch"))
+
+
+def test_resume_keeps_the_planned_schedule_unless_told(tmp_path: Path, dataset: Path, tiny_args,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *tiny_args(dataset, run_dir, "--max-steps", "3")]) == 0
+    capsys.readouterr()
+    longer = tiny_args(dataset, run_dir, "--max-steps", "6", "--resume")
+    message = refused(capsys, longer)
+    assert re.search(r"planned for 3 steps and is now 6: at step 3 the LR factor moves from 0\.000 to 1\.000\. "
+                     r"Resume with --max-steps 3, or pass --reschedule", message)
+    assert read_checkpoint(run_dir / "checkpoints" / "latest.pt")["step"] == 3  # nothing was touched
+    assert "pass it with --resume" in refused(capsys, tiny_args(dataset, tmp_path / "other", "--reschedule"))
+    assert cli.main(["train", *longer, "--reschedule"]) == 0
+    assert "WARNING: --reschedule: the run was planned for 3 steps" in capsys.readouterr().err
+    assert read_checkpoint(run_dir / "checkpoints" / "latest.pt")["step"] == 6
 
 
 _KILLED_SAVE = """
