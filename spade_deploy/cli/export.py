@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
                              f"gpu = NVIDIA's Triton container (default here: {default_variant})")
     parser.add_argument("--parity-samples", type=positive_int, default=2,
                         help="random label-map batches in the parity check")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |Δ| allowed by the parity check")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help="max |Δ| from the float64 model allowed by the parity check (or up to twice eager "
+                             "float32's own, when that is larger)")
 
 
 def run_onnx(args: argparse.Namespace) -> int:

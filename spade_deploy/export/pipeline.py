@@ -1,4 +1,4 @@
-"""The export pipeline: load a checkpoint -> deployment graph -> ONNX -> parity against eager PyTorch.
+"""The export pipeline: load a checkpoint -> deployment graph -> ONNX -> parity against the float64 model.
 
 `export_onnx` is what `spade-deploy export onnx` (and `python -m export.onnx`) runs; the CLI adds the Triton
 repository (a later stage) and TensorRT engines on top of what it returns.
@@ -35,7 +35,7 @@ class Exported:
     encoder: ConvEncoder | None = None
     encoder_graph: nn.Module | None = None
     encoder_onnx: Path | None = None
-    parity: list[Comparison] = field(default_factory=list)  # the worst comparisons, all within the tolerance
+    parity: list[Comparison] = field(default_factory=list)  # the worst comparisons with float64, all passed
 
 
 @contextlib.contextmanager
@@ -53,7 +53,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
                 tolerance: float = TOLERANCE) -> Exported:
     """Load a generator checkpoint (and encoder), write `out/generator.onnx` (and `out/encoder.onnx`) as the
     deployment `graph` at height x width (default: the config's), and check parity of the very modules written
-    against eager PyTorch. Raises `ValueError` on bad input and `ParityError` above `tolerance`."""
+    against the float64 model (see `parity`). Raises `ValueError` on bad input and `ParityError` when it fails."""
     if (height is None) != (width is None):
         raise ValueError("give height and width together (or neither, for the config's size)")
     if parity_samples < 1:
@@ -73,13 +73,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
         module = generator_graph(generator, graph=graph, height=height, width=width)
         exported = Exported(generator, module, write_generator_onnx(module, out / GENERATOR_FILE, height=height,
                                                                     width=width))
-    with step("parity: eager vs deployment graph vs ONNX Runtime (generator)"):
+    with step("parity: eager, deployment graph and ONNX Runtime vs float64 (generator)"):
         exported.parity += generator_parity(generator, module, exported.generator_onnx, samples=parity_samples)
     if style_encoder is not None:
         with step("exporting the encoder to ONNX"):
             exported.encoder, exported.encoder_graph = style_encoder, encoder_graph(style_encoder)
             exported.encoder_onnx = write_encoder_onnx(exported.encoder_graph, out / ENCODER_FILE)
-        with step("parity: eager vs deployment graph vs ONNX Runtime (encoder)"):
+        with step("parity: eager, deployment graph and ONNX Runtime vs float64 (encoder)"):
             exported.parity += encoder_parity(style_encoder, exported.encoder_graph, exported.encoder_onnx)
     print(format_table(exported.parity, tolerance))
     check(exported.parity, tolerance)

@@ -64,10 +64,13 @@ def synthetic_batch(config: GeneratorConfig, batch: int, *, height: int | None =
 
 @torch.no_grad()
 def random_generator(config: GeneratorConfig, *, seed: int = 0, calibration_batches: int = 2,
-                     output_std: float = 0.5) -> SPADEGenerator:
+                     output_std: float = 0.5, modulation_gain: float = 1.0) -> SPADEGenerator:
     """An eval-mode generator with random official-init weights, calibrated like a trained one: batch-norm running
     statistics are the exact statistics of synthetic batches, the spectral-norm u, v are converged,
-    and the last conv is scaled so outputs spread over [-1, 1] (std about `output_std`)."""
+    and the last conv is scaled so outputs spread over [-1, 1] (std about `output_std`).
+
+    `modulation_gain` multiplies SPADE's gamma and beta convs: a gain of 1e4 gives activations of ~1e3 before the last
+    conv, as in trained models that modulate strongly, where float32 rounding starts to show."""
     torch.manual_seed(seed)
     generator = SPADEGenerator(config)
     init_weights(generator)
@@ -83,6 +86,10 @@ def random_generator(config: GeneratorConfig, *, seed: int = 0, calibration_batc
             module.bias.normal_(0.0, 0.5 * float(weight.std()) * fan_in ** 0.5)
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average: running stats = the calibration data's statistics
+    for name, module in generator.named_modules():
+        if name.endswith(("mlp_gamma", "mlp_beta")):
+            module.weight.mul_(modulation_gain)
+            module.bias.mul_(modulation_gain)
     generator.train()
     for index in range(calibration_batches):
         # Enough maps that no channel is constant over the calibration set, even on a 1x1 latent grid.

@@ -122,13 +122,19 @@ def own_checkpoint(tmp_path_factory):
     return path
 
 
-def test_parity_failure_exits_1(own_checkpoint, tmp_path, capsys):
-    """An impossible tolerance makes the parity check fail: exit 1 with the table and the worst difference."""
-    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path), "--tolerance", "1e-12",
-                               "--parity-samples", "1"])
+def test_parity_failure_exits_1(own_checkpoint, tmp_path, capsys, monkeypatch):
+    """A runtime that computes something else fails the parity check: exit 1 with the table and the worst row."""
+    computed = OnnxGenerator.__call__
+
+    def off_by_a_level(self, *args, **kwargs):
+        image, image_float = computed(self, *args, **kwargs)
+        return image, image_float + 1 / 127.5
+
+    monkeypatch.setattr(OnnxGenerator, "__call__", off_by_a_level)
+    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1"])
     err = capsys.readouterr().err
     assert status == 1
-    assert "parity check failed" in err and "> 1e-12" in err
+    assert "parity check failed: ONNX Runtime image_float differs from the float64 model by max |Δ| = 7.8" in err
 
 
 @pytest.mark.parametrize("argv, message", [
