@@ -1,17 +1,26 @@
 """`spade-deploy serve --repository DIR`: serve a model repository with the real Triton server (gRPC, HTTP, metrics).
 
 Starts the tritonserver of the nvidia-pytriton wheel (spade_deploy.serve), waits until every model is ready, prints
-the endpoints, and runs until Ctrl-C or SIGTERM, which it forwards for a clean shutdown.
+the endpoints, and runs until Ctrl-C or SIGTERM, which it forwards for a clean shutdown. Meanwhile a supervisor
+(spade_deploy.serve.supervisor) reloads a model whose python-backend process died and restarts a server that died,
+printing what it did. Triton's administrative APIs (model load/unload, shared memory, logging, trace) need a key that
+only this command holds, unless it is shared through --admin-key-file.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
+import stat
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
-from spade_deploy.serve.server import DEFAULT_HOST, DEFAULT_PORTS, ServerError, TritonServer
+from spade_deploy.serve.server import (ADMIN_HEADER, DEFAULT_HOST, DEFAULT_PORTS, RESTRICTED_APIS, ServerError,
+                                       TritonServer)
+from spade_deploy.serve.supervisor import Supervisor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,30 +39,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="seconds to wait until every model is ready (default 180)")
     parser.add_argument("--log-file", type=Path, metavar="FILE",
                         help="keep the server log here (default: a temporary file, removed at exit)")
+    parser.add_argument("--no-supervise", dest="supervise", action="store_false",
+                        help="do not reload a model whose process died nor restart a server that died; exit when "
+                             "the server exits")
+    parser.add_argument("--admin-key-file", type=Path, metavar="FILE",
+                        help=f"the key of Triton's admin APIs ({', '.join(RESTRICTED_APIS)}), sent as the "
+                             f"'{ADMIN_HEADER}' header: read from FILE, or made and written there (mode 0600) when "
+                             f"FILE does not exist (default: a new key per start that only this command holds)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    admin_key = admin_key_from(args.admin_key_file) if args.admin_key_file else secrets.token_urlsafe(32)
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, startup_timeout=args.startup_timeout,
-                          log_file=args.log_file)
+                          log_file=args.log_file, admin_key=admin_key)
+    supervisor = Supervisor(server, report=report) if args.supervise else None
     # A service manager stops us with SIGTERM: end the same way as Ctrl-C, with a clean server shutdown.
     previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         server.start()
+        admin = f"key in {args.admin_key_file}" if args.admin_key_file else "held by this command only"
         print(f"ready: serving {server.repository}\n"
               f"  gRPC     {server.grpc_url}\n"
               f"  HTTP     {server.http_url}\n"
               f"  metrics  {server.metrics_url}\n"
               f"  log      {server.log_path}\n"
+              f"  admin    {', '.join(RESTRICTED_APIS)}: {admin}\n"
+              f"  {'supervised: a model or server that dies is brought back' if supervisor else 'not supervised'}\n"
               f"Ctrl-C stops the server.", flush=True)
+        if supervisor is not None:
+            supervisor.run()  # returns only by an exception: Ctrl-C, SIGTERM, or a server it cannot keep running
         code = server.wait()
         print(f"spade-deploy serve: error: tritonserver exited by itself (status {code}); last lines of its log:\n"
               f"{server.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopping …", flush=True)
-        print(f"stopped (tritonserver exit status {server.stop()})", flush=True)
+        code = supervisor.stop() if supervisor is not None else server.stop()
+        print(f"stopped (tritonserver exit status {code})", flush=True)
         return 0
     except ServerError as error:
         print(f"spade-deploy serve: error: {error}", file=sys.stderr)
@@ -61,6 +85,30 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def report(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} supervisor: {message}", flush=True)
+
+
+def admin_key_from(path: Path) -> str:
+    """The admin key stored in `path`, or a new one written there readable by its owner only. A key file others can
+    read is refused: whoever reads it can unload the models."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(f"--admin-key-file {path} can be read by others (mode {stat.filemode(mode)}); "
+                             f"chmod 600 it") from None
+        key = path.read_text().strip()
+        if not key:
+            raise ValueError(f"--admin-key-file {path} is empty; remove it and a new key is written there") from None
+        return key
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    return key
 
 
 def sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -4,6 +4,11 @@
 the verified one of ../shared/notes/triton-on-cpu.md: a private backend directory of symlinks into the wheel (the
 wheel itself is never written), this interpreter's `bin/` first on PATH so the python-backend stub runs in this
 environment (it ignores PYTHONPATH), every endpoint on loopback unless told otherwise.
+
+Models are under explicit model control (all loaded at start), so a broken model can be unloaded and loaded again
+without restarting the server (spade_deploy.serve.supervisor does that). With an `admin_key`, Triton refuses the
+administrative APIs (model load/unload, shared memory, logging, trace) to requests without that key in the
+`ADMIN_HEADER` header; inference, metadata, model configs, statistics and health stay open.
 """
 from __future__ import annotations
 
@@ -20,15 +25,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from spade_deploy.errors import Failure
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # Triton's usual ports, for the CLI
 _PR_SET_PDEATHSIG = 1
+STUB_NAME = "triton_python_backend_stub"  # the python backend runs each model instance in a child process of this name
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"  # the python backend's shared-memory regions, one per stub
+ADMIN_HEADER = "spade-admin-key"  # the request header that carries the admin key (gRPC metadata or HTTP header)
+# Triton's names of the APIs an admin key guards: what changes the server (models, shared memory, logging, tracing).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 
 
 class ServerError(Failure):
@@ -60,20 +73,60 @@ class TritonInstallation:
                    local_cache=root / "caches" / "local" / "libtritoncache_local.so")
 
 
+@dataclass(frozen=True)
+class Stub:
+    """A python-backend stub: the process that runs one instance of a python-backend model, a child of tritonserver."""
+    pid: int
+    model: str  # the Triton model, from the model file on its command line (<repository>/<model>/<version>/model.py)
+    instance: str  # Triton's instance name, e.g. spade_generator_0_1
+    shm_region: str  # its shared-memory region in /dev/shm
+    alive: bool  # False for a zombie: killed, not yet reaped by the server
+
+
+def python_stubs(server_pid: int) -> list[Stub]:
+    """The stub processes tritonserver `server_pid` runs now, read from /proc (Linux)."""
+    stubs = []
+    for directory in Path("/proc").iterdir():
+        if not directory.name.isdigit():
+            continue
+        try:
+            # The command name in stat may hold spaces and parentheses: the fields after the last ")" are safe.
+            state, parent = (directory / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if int(parent) != server_pid:
+                continue
+            argv = (directory / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        # The stub's command line: stub, model.py, shm region, shm sizes, parent pid, backend dir, ipc handle, instance
+        if Path(argv[0]).name != STUB_NAME or len(argv) < 9:
+            continue
+        stubs.append(Stub(pid=int(directory.name), model=Path(argv[1]).parent.parent.name, instance=argv[8],
+                          shm_region=argv[2], alive=state not in ("Z", "X")))
+    return stubs
+
+
 class TritonServer:
     """A tritonserver process on `repository`; `with TritonServer(repo) as server:` starts it, waits until every
-    model is ready, and stops it cleanly at the end. Ports left as None are picked free at start."""
+    model is ready, and stops it cleanly at the end. Ports left as None are picked free at start and kept for
+    `restart`. With `admin_key`, the administrative APIs need it (see the module docstring)."""
 
     def __init__(self, repository: str | Path, *, host: str = DEFAULT_HOST, grpc_port: int | None = None,
                  http_port: int | None = None, metrics_port: int | None = None, startup_timeout: float = 180.0,
-                 log_file: str | Path | None = None) -> None:
+                 log_file: str | Path | None = None, admin_key: str | None = None) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
         self.ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.startup_timeout = startup_timeout  # seconds from launch until every model is ready
+        if admin_key is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{16,}", admin_key):
+            raise ValueError("admin_key must be at least 16 characters of A-Z, a-z, 0-9, '_' or '-' (it travels in a "
+                             "request header and on Triton's command line); secrets.token_urlsafe() makes one")
+        self._admin_key = admin_key
         self._log_file = Path(log_file) if log_file is not None else None
         self._work_dir: Path | None = None
         self._process: subprocess.Popen | None = None
+        # Every shared-memory region this server's stubs were seen with: a stub that was killed, or a server that
+        # was, leaves its region in /dev/shm, and only the names tell ours from another server's.
+        self._shm_regions: set[str] = set()
 
     # ------------------------------------------------------------------------------------------- endpoints
     @property
@@ -91,6 +144,11 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The status of a server that ended (by itself, or killed); None while it runs or was never started."""
+        return self._process.poll() if self._process is not None else None
 
     @property
     def log_path(self) -> Path | None:
@@ -143,7 +201,15 @@ class TritonServer:
                    f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
                    "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
                    # Our configs are complete; auto-complete would start one more python stub per model.
-                   "--disable-auto-complete-config"]
+                   "--disable-auto-complete-config",
+                   # Explicit control, every model loaded at start: a broken model can be reloaded in place.
+                   "--model-control-mode=explicit", "--load-model=*"]
+        if self._admin_key is not None:
+            # Triton reads the key only from its command line, where local users can see it (ps); the guard is
+            # against network clients (--host 0.0.0.0), not against other users of this machine.
+            apis = ",".join(RESTRICTED_APIS)
+            command += [f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self._admin_key}",
+                        f"--http-restricted-api={apis}:{ADMIN_HEADER}={self._admin_key}"]
         # The stub's embedded interpreter finds `python3` on PATH and uses that environment's site-packages.
         environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,29 +246,110 @@ class TritonServer:
             return f"a port is taken: {in_use.group(0).strip()}"
         return "last lines of the server log:\n" + self.log_tail(30)
 
+    # ------------------------------------------------------------------------------------------- processes
+    def stubs(self) -> list[Stub]:
+        """The python-backend stubs of the running server (none once it ended)."""
+        if self._process is None or self._process.poll() is not None:
+            return []
+        stubs = python_stubs(self._process.pid)
+        self._shm_regions.update(stub.shm_region for stub in stubs)
+        return stubs
+
+    def _note_shm_regions(self) -> None:
+        """Also the regions the server itself maps: those of stubs that were never seen by `stubs()`."""
+        if self._process is None:
+            return
+        try:
+            maps = Path(f"/proc/{self._process.pid}/maps").read_text()
+        except OSError:
+            return
+        self._shm_regions.update(re.findall(rf"{SHM_DIR}/({SHM_PREFIX}[^\s]+)", maps))
+
+    # ------------------------------------------------------------------------------------------- model control
+    def model_ready(self, model: str) -> bool:
+        """What Triton's readiness endpoint says about `model` now (False when the server does not answer)."""
+        return self._get_ok(f"/v2/models/{model}/ready")
+
+    def ready(self) -> bool:
+        """What Triton's server readiness endpoint says now: the server runs and every loaded model is ready."""
+        return self._get_ok("/v2/health/ready")
+
+    def load_model(self, model: str) -> None:
+        """Load `model` from the repository and wait until it is ready (or a `ServerError` with Triton's reason).
+        Triton skips a load of a model that is loaded and unchanged: reload with `unload_model` first."""
+        self._model_control(model, "load")
+
+    def unload_model(self, model: str) -> None:
+        """Take `model` out of service: it is not ready from now on; Triton finishes its in-flight requests and
+        stops its instances in the background."""
+        self._model_control(model, "unload")
+
+    def _model_control(self, model: str, action: Literal["load", "unload"]) -> None:
+        headers = {ADMIN_HEADER: self._admin_key} if self._admin_key is not None else {}
+        request = urllib.request.Request(f"{self._local_http_url}/v2/repository/models/{model}/{action}", data=b"{}",
+                                         headers={"Content-Type": "application/json", **headers}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.startup_timeout):
+                return
+        except urllib.error.HTTPError as error:
+            reason = error.read().decode(errors="replace")
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            reason = str(error)
+        raise ServerError(f"could not {action} model {model!r}: {reason}")
+
+    def _get_ok(self, path: str) -> bool:
+        # One connection per call (urllib closes it): a kept-alive HTTP connection holds Triton's shutdown up to
+        # its exit timeout (30 s).
+        try:
+            with urllib.request.urlopen(f"{self._local_http_url}{path}", timeout=2.0) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    @property
+    def _local_http_url(self) -> str:
+        return f"http://{_connect_host(self.host)}:{self.ports['http']}"
+
     def wait(self) -> int:
         """Block until the server exits on its own; its exit status."""
         if self._process is None:
             raise ServerError("the server is not running")
         return self._process.wait()
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGINT (Triton's clean shutdown: in-flight requests finish), SIGKILL after `timeout` seconds or on a
-        second Ctrl-C. Returns the exit status (None if it was never started); safe to call twice."""
+    def stop(self, timeout: float = 30.0, *, finished: Callable[[], bool] | None = None) -> int | None:
+        """SIGINT (Triton's clean shutdown: in-flight requests finish, models unload), SIGKILL after `timeout`
+        seconds, on a second Ctrl-C, or as soon as `finished()` (asked every 0.1 s while waiting) says that the
+        shutdown has done all it can. Removes the server's work files and leftover shared memory. Returns the exit
+        status (None if it was never started); safe to call twice."""
+        self._note_shm_regions()
         process, self._process = self._process, None
         code = None
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + timeout
             try:
-                code = process.wait(timeout)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                while (code := process.poll()) is None:
+                    if time.monotonic() > deadline or (finished is not None and finished()):
+                        process.kill()
+                        code = process.wait()
+                        break
+                    time.sleep(0.1)
+            except KeyboardInterrupt:
                 process.kill()
                 code = process.wait()
+        _remove_shm_regions(self._shm_regions)
+        self._shm_regions.clear()
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None
         return code
+
+    def restart(self) -> "TritonServer":
+        """Stop what is left of the server (its work files, its shared memory) and start it again, on the same
+        ports and with the same admin key: for a supervisor, after the server died."""
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> "TritonServer":
         return self.start()
@@ -217,6 +364,17 @@ def _die_with_parent() -> None:
     stopping it (a killed test run or CLI), so no server is left holding its ports. Start servers from a thread
     that outlives them (the main thread, usually)."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _remove_shm_regions(names: Iterable[str]) -> None:
+    """Remove what is left of these python-backend regions. Triton removes them when it unloads a model; a stub
+    or a server that was killed leaves its region behind (1 MiB or more each, until reboot)."""
+    for name in names:
+        if name.startswith(SHM_PREFIX) and "/" not in name:  # never anything outside the backend's own names
+            try:
+                (SHM_DIR / name).unlink()
+            except OSError:
+                pass  # Triton removed it already (a clean shutdown does)
 
 
 def _connect_host(host: str) -> str:

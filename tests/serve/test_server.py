@@ -1,14 +1,22 @@
 """spade_deploy.serve: the launcher finds the wheel's server and reports a taken port or a model that cannot load
-with the reason (real tritonserver processes, no mocks)."""
+with the reason; an admin key guards the administrative APIs (real tritonserver processes, no mocks)."""
 from __future__ import annotations
 
+import secrets
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from spade_deploy.cli.serve import admin_key_from
+from spade_deploy.client import SpadeClient
 from spade_deploy.model import io_spec
-from spade_deploy.serve.server import ServerError, TritonInstallation, TritonServer
+from spade_deploy.serve.server import ADMIN_HEADER, ServerError, TritonInstallation, TritonServer
 from spade_deploy.serve.repository import write_repository
 from tests.fixtures.serving import Exported, Served, require_triton
 
@@ -65,6 +73,59 @@ def test_served_python_backend_processes_have_no_torch(spade_server: Served) -> 
         maps = _read(f"/proc/{pid}/maps")
         assert "libtorch" not in maps, command
     assert any("onnxruntime" in _read(f"/proc/{pid}/maps") for pid in stubs)  # the graphs do run in the stubs
+
+
+def test_admin_apis_need_the_key_while_inference_goes_on(repository: Path, exported_segmap: Exported) -> None:
+    key = secrets.token_urlsafe(32)
+    feed = exported_segmap.inputs(2, seed=8)
+    with TritonServer(repository, admin_key=key) as server:
+        for headers in ({}, {ADMIN_HEADER: "not-the-key-" + "x" * 20}):
+            request = urllib.request.Request(f"{server.http_url}/v2/repository/models/{io_spec.PIPELINE_MODEL}/unload",
+                                             data=b"{}", headers=headers, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert f"This API is restricted, expecting header '{ADMIN_HEADER}'" in refused.value.read().decode()
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            for call in (lambda: client.unload_model(io_spec.GENERATOR_MODEL),  # model repository
+                         lambda: client.load_model(io_spec.GENERATOR_MODEL, headers={ADMIN_HEADER: key[::-1]}),
+                         client.get_model_repository_index,
+                         client.get_system_shared_memory_status,  # shared memory
+                         client.get_log_settings,  # logging
+                         client.get_trace_settings):  # trace
+                with pytest.raises(InferenceServerException, match="restricted"):
+                    call()
+            # Health, metadata and statistics stay open.
+            assert client.is_server_ready() and client.is_model_ready(io_spec.PIPELINE_MODEL)
+            assert client.get_server_metadata().name == "triton"
+            assert client.get_inference_statistics(io_spec.PIPELINE_MODEL).model_stats
+        finally:
+            client.close()
+        with SpadeClient(server.grpc_url, timeout=60) as spade:  # reads the model config, then infers
+            np.testing.assert_array_equal(spade.synthesize(feed[io_spec.LABEL]),
+                                          exported_segmap.run_generator(feed)[io_spec.IMAGE])
+        # The key holder (the supervisor of `spade-deploy serve`) can reload a model.
+        server.unload_model(io_spec.PIPELINE_MODEL)
+        assert not server.model_ready(io_spec.PIPELINE_MODEL) and not server.ready()
+        server.load_model(io_spec.PIPELINE_MODEL)
+        assert server.model_ready(io_spec.PIPELINE_MODEL) and server.ready()
+
+
+def test_a_bad_admin_key_is_refused_before_launch(repository: Path) -> None:
+    with pytest.raises(ValueError, match="admin_key must be at least 16 characters"):
+        TritonServer(repository, admin_key="short")
+    with pytest.raises(ValueError, match="admin_key must be"):
+        TritonServer(repository, admin_key="a key with spaces and = signs")
+
+
+def test_the_admin_key_file_is_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "admin.key"
+    key = admin_key_from(path)  # made and written
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == key + "\n"
+    assert admin_key_from(path) == key  # read back: the same key across restarts
+    path.chmod(0o640)
+    with pytest.raises(ValueError, match="can be read by others .*chmod 600"):
+        admin_key_from(path)
 
 
 def _descendants(root: int) -> set[int]:

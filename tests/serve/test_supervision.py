@@ -1,0 +1,235 @@
+"""`spade-deploy serve` under its supervisor, as an operator sees it: a real tritonserver in a `serve` subprocess,
+real python-backend stubs killed with SIGKILL (what the OOM killer sends), a real SIGTERM to stop. Each test starts
+its own server, since it kills parts of it."""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spade_deploy.client import SpadeClient, SpadeClientError
+from spade_deploy.model import io_spec
+from spade_deploy.serve.repository import write_repository
+from spade_deploy.serve.server import SHM_DIR, Stub, free_port, python_stubs
+from tests.fixtures.serving import Exported, require_triton
+
+RECOVERY_DEADLINE = 60.0  # seconds: generous, the machine is shared; a recovery takes a few seconds
+
+
+@pytest.fixture(scope="module")
+def repository(exported_segmap: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generator (two instances, as deployed: a killed one leaves the other serving) and pipeline."""
+    require_triton()
+    path = tmp_path_factory.mktemp("supervised") / "repository"
+    write_repository(path, exported_segmap.generator_onnx, instances=2)
+    return path
+
+
+class Serve:
+    """`spade-deploy serve` in a subprocess, its output collected line by line."""
+
+    def __init__(self, repository: Path, log: Path) -> None:
+        self.ports = {kind: free_port() for kind in ("grpc", "http", "metrics")}
+        self.log = log  # the server's log, kept for a failing test's report
+        command = [sys.executable, "-m", "spade_deploy.cli", "serve", "--repository", str(repository),
+                   f"--log-file={log}", *(f"--{kind}-port={port}" for kind, port in self.ports.items())]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._new: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.shm_regions: set[str] = set()  # every region a stub of this server was seen with
+        self.wait_for("Ctrl-C stops the server", 180)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            self._new.put(line)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """The next output line that matches `pattern`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._new.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.output}") from None
+            if re.search(pattern, line):
+                return line
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def server_pid(self) -> int:
+        children = [int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+                    .read_text().split()]
+        assert len(children) == 1, (children, self.output)
+        return children[0]
+
+    def stubs(self) -> list[Stub]:
+        stubs = python_stubs(self.server_pid())
+        self.shm_regions.update(stub.shm_region for stub in stubs)
+        return stubs
+
+    def ready(self, model: str | None = None) -> bool:
+        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}{path}", timeout=5) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def stop(self) -> float:
+        """SIGTERM, as a service manager stops it; the seconds until it exited (with status 0, asserted)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=120) == 0, self.output
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def serve(repository: Path, tmp_path: Path) -> Iterator[Serve]:
+    server = Serve(repository, tmp_path / "tritonserver.log")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@dataclass
+class Traffic:
+    """Requests in a loop on one thread, readiness polled on another; both timestamped (monotonic seconds)."""
+    serve: Serve
+    labels: np.ndarray
+    requests: list[tuple[float, float, str | None]] = field(default_factory=list)  # (start, end, error or None)
+    readiness: list[tuple[float, bool]] = field(default_factory=list)  # (time, pipeline and server ready)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> "Traffic":
+        self._threads = [threading.Thread(target=self._send), threading.Thread(target=self._poll)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _send(self) -> None:
+        with SpadeClient(self.serve.url, timeout=30) as client:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    client.synthesize(self.labels)
+                    error = None
+                except SpadeClientError as failure:
+                    error = str(failure)
+                    time.sleep(0.05)  # a refused request returns at once: do not spin
+                self.requests.append((start, time.monotonic(), error))
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self.readiness.append((now, self.serve.ready(io_spec.PIPELINE_MODEL) and self.serve.ready()))
+            time.sleep(0.05)
+
+    def wait_successes(self, count: int, after: float, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(error is None for start, _, error in self.requests if start >= after) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} successes in {timeout} s: {self.requests[-5:]}"
+            time.sleep(0.1)
+
+
+def assert_no_shm_left(serve: Serve) -> None:
+    assert serve.shm_regions, "no python-backend stub was ever seen"
+    left = sorted(name for name in serve.shm_regions if (SHM_DIR / name).exists())
+    assert not left, f"shared memory of the stopped server is left in {SHM_DIR}: {left}"
+
+
+def test_a_killed_generator_stub_is_reloaded_while_readiness_says_not_ready(serve: Serve,
+                                                                             exported_segmap: Exported) -> None:
+    labels = exported_segmap.inputs(1, seed=3)[io_spec.LABEL]
+    with Traffic(serve, labels) as traffic:
+        traffic.wait_successes(3, after=0.0, timeout=60)
+        victim = next(stub for stub in serve.stubs() if stub.model == io_spec.GENERATOR_MODEL)
+        killed = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        serve.wait_for(rf"stub of {victim.instance} is gone", RECOVERY_DEADLINE)
+        serve.wait_for(rf"model '{io_spec.GENERATOR_MODEL}' serving again", RECOVERY_DEADLINE)
+        recovered = time.monotonic()
+        traffic.wait_successes(10, after=recovered, timeout=RECOVERY_DEADLINE)
+    # The killed instance runs again in a new stub.
+    assert any(stub.instance == victim.instance and stub.alive for stub in serve.stubs())
+    assert victim.pid not in {stub.pid for stub in serve.stubs()}
+
+    after = [(start, end, error) for start, end, error in traffic.requests if start >= killed]
+    failures = [(start, error) for start, _, error in after if error is not None]
+    if failures:
+        # The supervisor took the pipeline out of service: readiness said so, then came back.
+        down = [moment for moment, ready in traffic.readiness if moment >= killed and not ready]
+        assert down, f"requests failed but readiness never said not ready: {failures[:3]}"
+        back = next((moment for moment, ready in traffic.readiness if moment > down[-1] and ready), None)
+        assert back is not None, "readiness never came back although requests succeed again"
+        # Once ready again, every request is served: ready means serving.
+        late = [(start - killed, error) for start, error in failures if start >= back]
+        assert not late, f"requests failed after readiness came back: {late[:3]}"
+    assert all(error is None for start, _, error in after if start >= recovered)
+
+    seconds = serve.stop()
+    print(f"recovered {recovered - killed:.1f} s after the kill, {len(failures)} of {len(after)} requests failed "
+          f"meanwhile; stopped in {seconds:.1f} s")
+    # A request that reached the dead stub keeps the replaced version in Triton, which its shutdown would wait on:
+    # the supervisor ends the server once every current model is unloaded, and says so.
+    assert re.search(r"stopped \(tritonserver exit status 0\)|every current model was unloaded; tritonserver was "
+                     r"then ended", serve.output), serve.output
+    assert_no_shm_left(serve)
+
+
+def test_a_killed_server_is_restarted_on_the_same_ports(serve: Serve, exported_segmap: Exported) -> None:
+    feed = exported_segmap.inputs(2, seed=5)
+    first = serve.server_pid()
+    serve.stubs()  # remember the shared memory of the server about to be killed
+    os.kill(first, signal.SIGKILL)
+    serve.wait_for(r"tritonserver exited by itself \(status -9\); restarting it on the same ports", RECOVERY_DEADLINE)
+    serve.wait_for(r"tritonserver restarted .* and ready", RECOVERY_DEADLINE)
+    assert serve.server_pid() != first and serve.ready(io_spec.PIPELINE_MODEL)
+    serve.stubs()
+    with SpadeClient(serve.url, timeout=60) as client:  # the same address as before the kill
+        images = client.synthesize(feed[io_spec.LABEL])
+    np.testing.assert_array_equal(images, exported_segmap.run_generator(feed)[io_spec.IMAGE])
+    print(f"stopped in {serve.stop():.1f} s")
+    assert_no_shm_left(serve)
+
+
+def test_stop_right_after_a_stub_kill_is_clean(serve: Serve) -> None:
+    """Before any recovery: Triton's own shutdown would wait on the dead instance until it is killed, leaving the
+    stub's shared memory behind."""
+    victim = next(stub for stub in serve.stubs() if stub.model == io_spec.GENERATOR_MODEL)
+    os.kill(victim.pid, signal.SIGKILL)
+    seconds = serve.stop()
+    print(f"stopped {seconds:.1f} s after a stub kill")
+    assert "stopped (tritonserver exit status 0)" in serve.output  # a clean exit, not the SIGKILL after 30 s
+    assert_no_shm_left(serve)
