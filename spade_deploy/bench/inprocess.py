@@ -4,11 +4,16 @@ All runtimes are built first; then, per batch, they take turns call by call (a w
 rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
 alike. Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and its
 own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
-against drift. Reported per row: median / p95 / p99 latency of a call, images/s (batch / median latency), peak
-memory, max |Δ| of `image_float` against the eager model on the same inputs (every call, warm-up included), and
-speed-ups against eager, each plain runtime and the best of those *of the same run* (noise between runs here is
-±10–15 %, so only same-run ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats`
-samples: with 5 samples p95 and p99 sit close to the slowest call.
+against drift. Reported per row: the precision the runtime computes in, median / p95 / p99 latency of a call,
+images/s (batch / median latency), peak memory, its quality (below) and speed-ups against eager, each plain runtime
+and the best of those *of the same run* (noise between runs here is ±10–15 %, so only same-run ratios mean
+anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95 and p99 sit
+close to the slowest call.
+
+Quality, the worst over every call (warm-up included): max |Δ| of `image_float` against eager PyTorch (float32) on
+the same inputs, and against the same model in float64 (computed once per input), max |Δ|, PSNR and the share of
+8-bit pixels within 1 and 2 levels. float64 is the reference, not eager float32, whose own rounding is no truth:
+reduced precision (bf16, fp16) is measured against what the model computes, and eager float32's row shows the floor.
 
 Peak memory: what building the runtime added to the resident set (weights, graph, compiled kernels), plus the most
 one of its calls at this batch added at its peak above the resident set before the call (activations, arena growth);
@@ -33,15 +38,18 @@ from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_mac
                                         reset_peak_resident, resident_mb)
 from spade_deploy.bench.runtimes import RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.export.onnx import export_generator_onnx
+from spade_deploy.export.parity import float64_copy
 from spade_deploy.export.pipeline import step
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.labels import check_label_size
+from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.synthetic import random_generator, synthetic_batch
-from spade_deploy.model.tensors import instance_edges, sample_z
+from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_input, to_uint8_image
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows carry their precision and their quality against the float64 model
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
+PEAK_TO_PEAK = 2.0  # image_float spans [-1, 1]: PSNR on that scale is PSNR on the 8-bit scale before rounding
 
 
 @dataclass(frozen=True)
@@ -71,15 +79,50 @@ class Timing:
         return float(np.percentile(self.latencies_ms, q))
 
 
+@dataclass(frozen=True)
+class Quality:
+    """An output `image_float` against the float64 model's on the same inputs."""
+    max_abs_diff: float
+    psnr_db: float | None  # 10·log10(PEAK_TO_PEAK² / MSE); None where the outputs are identical
+    within_1_level: float  # share of 8-bit pixels (all three channels) within 1 level of the float64 model's
+    within_2_levels: float
+
+    def worse(self, other: Quality) -> Quality:
+        """The worst of both, measure by measure."""
+        psnrs = [value for value in (self.psnr_db, other.psnr_db) if value is not None]
+        return Quality(max(self.max_abs_diff, other.max_abs_diff), min(psnrs) if psnrs else None,
+                       min(self.within_1_level, other.within_1_level),
+                       min(self.within_2_levels, other.within_2_levels))
+
+
+def quality(output: np.ndarray, reference: np.ndarray) -> Quality:
+    """`output` (image_float `[N, 3, H, W]`) against `reference` (the float64 model's), in float64; 8-bit pixels
+    as the deployment's `image` output rounds them (`to_uint8_image`)."""
+    output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
+    delta = output - reference
+    mse = float(np.mean(delta ** 2))
+    levels = np.abs(to_uint8_image(torch.from_numpy(output)).int() - to_uint8_image(torch.from_numpy(reference)).int())
+    worst_channel = levels.amax(dim=-1)  # [N, H, W]: a pixel is as far as its furthest channel
+    return Quality(max_abs_diff=float(np.abs(delta).max()),
+                   psnr_db=10 * float(np.log10(PEAK_TO_PEAK ** 2 / mse)) if mse > 0 else None,
+                   within_1_level=float((worst_channel <= 1).float().mean()),
+                   within_2_levels=float((worst_channel <= 2).float().mean()))
+
+
 @dataclass
 class Row:
     runtime: str
+    precision: str  # what the runtime computes in (fp32, tf32, bf16, fp16), as it reports it where it chooses
     batch: int
     p50_ms: float
     p95_ms: float
     p99_ms: float
     images_per_s: float
-    max_abs_diff: float  # image_float vs eager PyTorch on the same inputs
+    max_abs_diff: float  # image_float vs eager PyTorch (float32) on the same inputs
+    max_abs_diff_f64: float  # image_float vs the float64 model on the same inputs; so are the next three
+    psnr_db: float | None
+    within_1_level: float
+    within_2_levels: float
     peak_mem_mb: float | None
     boundary_share: float  # of the batch's label maps (see `boundary_share`)
     preset: str
@@ -107,6 +150,7 @@ class _Calls:
     """One runtime's calls at one batch."""
     latencies_ms: list[float] = field(default_factory=list)  # timed calls only
     max_abs_diff: float = 0.0
+    quality: Quality | None = None  # the worst against float64
     added_mb: float | None = 0.0  # the most any call added to the resident set at its peak
 
 
@@ -190,17 +234,20 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
             with step(f"exporting the {name} ONNX graph"):
                 graphs[name] = export_generator_onnx(generator, workdir / f"{name}.onnx", height=height, width=width,
                                                      graph=name)
-        subject = Subject(generator, height, width, options.threads, graphs)
+        subject = Subject(generator, height, width, options.threads, graphs, max_batch=max(options.batches))
         with step("eager reference outputs"):
             eager = eager_runner(subject, None)
             reference = {batch: eager(batch_feeds) for batch, batch_feeds in feeds.items()}
             del eager
+        with step("float64 reference outputs"):
+            reference_f64 = float64_outputs(generator, feeds)
         groups = [[runtime] for runtime in available] if options.one_at_a_time else [available]
         rows = []
         for group in groups:
             built = _build(group, subject)
             rows += [row for batch, batch_feeds in feeds.items()
-                     for row in _bench_batch(built, batch, batch_feeds, reference[batch], subject, options)]
+                     for row in _bench_batch(built, batch, batch_feeds, (reference[batch], reference_f64[batch]),
+                                             subject, options)]
             del built
         rows.sort(key=lambda row: row.batch)  # stable: runtimes stay in registry order within a batch
     _add_ratios(rows)
@@ -209,11 +256,25 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
              "warmup": options.warmup, "threads": options.threads, "seed": options.seed,
              "one_at_a_time": options.one_at_a_time,
              "label_maps": f"synthetic, {options.regions} irregular regions each", "regions": options.regions,
+             "quality_reference": "the generator in float64 (spade_deploy.export.parity.float64_copy)",
              "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
     machine["load_average_1min_end"] = load_average()
     machine |= cpu_competition(cpu_start, machine["cores"])
     return {"kind": "inprocess", "format_version": FORMAT_VERSION, "machine": machine,
             "setup": setup, "rows": [asdict(row) for row in rows], "skipped": skipped}
+
+
+def float64_outputs(generator: SPADEGenerator, feeds: dict[int, Feeds]) -> dict[int, np.ndarray]:
+    """image_float of the generator in float64 (`spade_deploy.export.parity.float64_copy`) on each batch's feeds:
+    the reference of every runtime's quality. The float64 copy is freed before anything is timed."""
+    model, config = float64_copy(generator), generator.config
+    outputs = {}
+    with torch.inference_mode():
+        for batch, batch_feeds in feeds.items():
+            semantic = to_semantic_input(batch_feeds[io_spec.LABEL], batch_feeds.get(io_spec.INSTANCE), config)
+            z = torch.from_numpy(batch_feeds[io_spec.Z]).double() if io_spec.Z in batch_feeds else None
+            outputs[batch] = model(semantic.double(), z).numpy()
+    return outputs
 
 
 def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
@@ -231,9 +292,11 @@ def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
     return built
 
 
-def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.ndarray, subject: Subject,
-                 options: Options) -> list[Row]:
-    """Runtimes take turns call by call: a warm-up round, then `repeats` timed rounds, the first runtime rotating."""
+def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tuple[np.ndarray, np.ndarray],
+                 subject: Subject, options: Options) -> list[Row]:
+    """Runtimes take turns call by call: a warm-up round, then `repeats` timed rounds, the first runtime rotating.
+    `references`: eager float32's and the float64 model's outputs on `feeds`."""
+    reference, reference_f64 = references
     calls = {entry.runtime.name: _Calls() for entry in built}
     rounds = options.warmup + options.repeats
     with tqdm(total=rounds * len(built), desc=f"batch {batch}", unit="call", file=sys.stderr) as progress:
@@ -243,6 +306,8 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.nd
                 output, latency_ms, added_mb = timed_call(lambda: entry.run(feeds))
                 record = calls[entry.runtime.name]
                 record.max_abs_diff = max(record.max_abs_diff, float(np.abs(output - reference).max()))
+                measured = quality(output, reference_f64)
+                record.quality = measured if record.quality is None else record.quality.worse(measured)
                 record.added_mb = None if added_mb is None or record.added_mb is None else max(record.added_mb,
                                                                                                added_mb)
                 if index >= options.warmup:
@@ -256,9 +321,11 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, reference: np.nd
         timing = Timing(tuple(record.latencies_ms))
         p50 = timing.percentile(50)
         peak = None if entry.resident_mb is None or record.added_mb is None else entry.resident_mb + record.added_mb
-        rows.append(Row(runtime=entry.runtime.name, batch=batch, p50_ms=p50, p95_ms=timing.percentile(95),
-                        p99_ms=timing.percentile(99), images_per_s=batch * 1e3 / p50,
-                        max_abs_diff=record.max_abs_diff, peak_mem_mb=peak, boundary_share=share,
+        rows.append(Row(runtime=entry.runtime.name, precision=entry.run.precision, batch=batch, p50_ms=p50,
+                        p95_ms=timing.percentile(95), p99_ms=timing.percentile(99), images_per_s=batch * 1e3 / p50,
+                        max_abs_diff=record.max_abs_diff, max_abs_diff_f64=record.quality.max_abs_diff,
+                        psnr_db=record.quality.psnr_db, within_1_level=record.quality.within_1_level,
+                        within_2_levels=record.quality.within_2_levels, peak_mem_mb=peak, boundary_share=share,
                         preset=config.preset, ngf=config.ngf, size=f"{subject.height}x{subject.width}",
                         repeats=options.repeats, build_s=entry.build_s, latencies_ms=list(timing.latencies_ms)))
     return rows

@@ -140,11 +140,12 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
              f"Random weights with calibrated batch-norm statistics; {setup['label_maps']} (boundary share "
              f"{shares}); {setup['warmup']} warm-up + {setup['repeats']} timed calls per runtime and batch. "
              f"Every runtime uses {setup['threads']} intra-op threads.", ""]
-    lines += _table(["runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s", "× eager", "× best plain",
-                     "max abs Δ vs eager", "peak MiB"],
-                    [[row["runtime"], row["batch"], row["p50_ms"], row["p95_ms"], row["p99_ms"], row["images_per_s"],
-                      _ratio(row["speedup_vs_eager"]), _ratio(row["speedup_vs_best_plain"]),
-                      f"{row['max_abs_diff']:.1e}", row["peak_mem_mb"]] for row in rows])
+    lines += _table(["runtime", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s", "× eager",
+                     "× best plain", "PSNR dB vs float64", "peak MiB"],
+                    [[row["runtime"], _precision(row), row["batch"], row["p50_ms"], row["p95_ms"], row["p99_ms"],
+                      row["images_per_s"], _ratio(row["speedup_vs_eager"]), _ratio(row["speedup_vs_best_plain"]),
+                      _psnr(row), row["peak_mem_mb"]] for row in rows])
+    lines += _quality_section(rows)
     baselines = list(dict.fromkeys(name for row in rows for name in row.get("speedup_vs", {})))
     if baselines:
         lines += ["Speed-up against each baseline (its p50 / the runtime's p50, same batch):", ""]
@@ -152,18 +153,49 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
                         [[row["runtime"], row["batch"]] + [_ratio(row["speedup_vs"].get(name)) for name in baselines]
                          for row in rows])
     best = {row["batch"]: row["best_plain"] for row in rows if row["best_plain"]}
+    precisions = {(row["runtime"], row["batch"]): _precision(row) for row in rows}
     if best:
-        lines += ["Best plain runtime (the `× best plain` baseline): "
-                  + ", ".join(f"batch {batch}: {name}" for batch, name in best.items()) + ".", ""]
+        lines += ["Best plain runtime (the `× best plain` baseline, the fastest plain export at whatever precision it "
+                  "ran): " + ", ".join(f"batch {batch}: {name} ({precisions[name, batch]})"
+                                       for batch, name in best.items()) + ".", ""]
     lines += [f"- `{name}`: {summary}" for name, summary in setup["runtimes"].items()]
     lines += [f"- skipped `{entry['runtime']}`: {entry['reason']}" for entry in result["skipped"]]
     lines += ["", f"![latency vs batch]({LATENCY_CHART})", "",
-              "p50/p95/p99: percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit "
-              "near the slowest). images/s = batch / p50. max abs Δ: largest |image_float − eager| over all calls "
-              "(outputs in [-1, 1]). peak MiB: what building the runtime added to the resident set plus the most one "
-              "of its calls added at its peak (weights, compiled graph, arenas, activations). " + _SCHEDULE[
-                  bool(setup.get("one_at_a_time"))], ""]
+              "precision: what the runtime's convs and matmuls compute in, as the runtime reports it where it "
+              "chooses (OpenVINO's compiled model); tf32: fp32 tensors, convs on TF32 tensor cores. p50/p95/p99: "
+              "percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit near the "
+              "slowest). images/s = batch / p50. peak MiB: what building the runtime added to the resident set plus "
+              "the most one of its calls added at its peak (weights, compiled graph, arenas, activations; host "
+              "memory only). " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
     return lines
+
+
+def _precision(row: dict[str, Any]) -> str:
+    return row.get("precision", "fp32")  # results recorded before rows named it ran fp32 runtimes only
+
+
+def _psnr(row: dict[str, Any]) -> str:
+    if "psnr_db" not in row:
+        return "n/a"  # recorded before quality was measured against float64
+    return "identical" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
+
+
+def _quality_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Every row's output against the float64 model and against eager float32 (results recorded before quality
+    was measured against float64 show the latter only)."""
+    measured = [row for row in rows if "max_abs_diff_f64" in row]
+    lines = ["Quality, the worst over every call: against the same model in float64 (the reference; eager float32's "
+             "row is its own rounding) and against eager PyTorch in float32 on the same inputs. PSNR on the [-1, 1] "
+             "output scale with peak-to-peak 2 (the 8-bit scale before rounding); 8-bit pixels as the `image` output "
+             "rounds them, a pixel within k levels when all three channels are.", ""]
+    if not measured:
+        return _table(["runtime", "batch", "max |Δ| vs eager"],
+                      [[row["runtime"], row["batch"], f"{row['max_abs_diff']:.1e}"] for row in rows])
+    return lines + _table(["runtime", "precision", "batch", "max |Δ| vs float64", "PSNR dB", "pixels ≤ 1 level",
+                           "pixels ≤ 2 levels", "max |Δ| vs eager"],
+                          [[row["runtime"], _precision(row), row["batch"], f"{row['max_abs_diff_f64']:.1e}",
+                            _psnr(row), f"{row['within_1_level']:.2%}", f"{row['within_2_levels']:.2%}",
+                            f"{row['max_abs_diff']:.1e}"] for row in measured])
 
 
 _SCHEDULE = {

@@ -3,7 +3,9 @@ runs, whether it is a plain baseline, and why it cannot run here (if so).
 
 A runner maps the deployment graph's inputs (`io_spec` names and wire dtypes: uint8 `label` (+ int32 `instance`)
 (+ float32 `z`)) to `image_float` `[N, 3, H, W]` float32, so every runtime is timed on the same inputs and compared
-with the same reference. Every runtime is capped at `Subject.threads` intra-op threads.
+with the same references; it also names the precision it computes in. Where the runtime chooses the precision itself
+(OpenVINO runs bf16 on CPUs with bf16 hardware unless it is pinned to f32), the runner reports what the compiled model
+says it chose, not what was asked for. Every CPU runtime is capped at `Subject.threads` intra-op threads.
 
 Adding a runtime takes a build function and one `register` call; it can run every deployment graph of
 `spade_deploy.export.metadata.GRAPHS`. The boundary-sparse graph of `spade_deploy.export.sparse` is registered this
@@ -15,7 +17,7 @@ import copy
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime
@@ -30,7 +32,21 @@ from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.tensors import to_semantic_input
 
 Feeds = dict[str, np.ndarray]  # graph inputs by io_spec name, in the contract's dtypes
-Runner = Callable[[Feeds], np.ndarray]  # -> image_float [N, 3, H, W] float32
+
+# Precisions a row can name: the arithmetic of the runtime's heavy ops (convs and matmuls).
+FP32, TF32, BF16, FP16 = "fp32", "tf32", "bf16", "fp16"
+_OPENVINO_PRECISIONS = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A built runtime: feeds -> image_float `[N, 3, H, W]` float32, and the precision it computes in."""
+    run: Callable[[Feeds], np.ndarray]
+    precision: str  # FP32, TF32, BF16 or FP16: as the runtime reports it where it chooses
+
+    def __call__(self, feeds: Feeds) -> np.ndarray:
+        return self.run(feeds)
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class Subject:
     width: int
     threads: int  # intra-op threads of every runtime
     graphs: dict[str, Path]  # ONNX files by GRAPHS name, exported before any timing
+    max_batch: int = 8  # the largest batch it will run (TensorRT engines are built for 1..max_batch)
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ def eager_runner(subject: Subject, _: Path | None) -> Runner:
         z = torch.from_numpy(feeds[io_spec.Z]) if io_spec.Z in feeds else None
         with torch.inference_mode():
             return model(to_semantic_input(feeds[io_spec.LABEL], feeds.get(io_spec.INSTANCE), config), z).numpy()
-    return run
+    return Runner(run, FP32)
 
 
 def torch_graph_runner(graph: str) -> Callable[[Subject, Path | None], Runner]:
@@ -99,43 +116,152 @@ def torch_graph_runner(graph: str) -> Callable[[Subject, Path | None], Runner]:
             with torch.inference_mode():
                 _, image_float = module(*(torch.from_numpy(feeds[name]) for name in module.input_names))
             return image_float.numpy()
-        return run
+        return Runner(run, FP32)
     return build
 
 
-def onnxruntime_runner(subject: Subject, path: Path | None, providers: list[str] | None = None) -> Runner:
+def onnxruntime_runner(subject: Subject, path: Path | None, providers: list[Any] | None = None,
+                       precision: str = FP32) -> Runner:
     """An ONNX graph in ONNX Runtime with the deployment's session options
-    (`spade_deploy.export.runtime.make_session`)."""
+    (`spade_deploy.export.runtime.make_session`); `providers` as ONNX Runtime takes them (names, or (name, options)
+    pairs); `precision`: what those providers compute in."""
     session = make_session(path, threads=subject.threads, providers=providers)
 
     def run(feeds: Feeds) -> np.ndarray:
         return session.run([io_spec.IMAGE_FLOAT], feeds)[0]
-    return run
+    return Runner(run, precision)
 
 
-def openvino_runner(subject: Subject, path: Path | None) -> Runner:
-    """An ONNX graph compiled by OpenVINO for the CPU: fp32, latency hint, the thread cap."""
-    import openvino
+def openvino_runner(precision: str | None) -> Callable[[Subject, Path | None], Runner]:
+    """An ONNX graph compiled by OpenVINO for the CPU (latency hint, the thread cap) at `precision` (FP32, BF16), or
+    at OpenVINO's default where None: bf16 on CPUs with AMX or AVX512-BF16, f32 elsewhere. The runner's precision is
+    the one the compiled model reports, so a pin the CPU cannot honour shows."""
+    hint = {None: {}, FP32: {"INFERENCE_PRECISION_HINT": "f32"}, BF16: {"INFERENCE_PRECISION_HINT": "bf16"}}[precision]
 
-    core = openvino.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "INFERENCE_NUM_THREADS": subject.threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-    output = compiled.output(io_spec.IMAGE_FLOAT)
+    def build(subject: Subject, path: Path | None) -> Runner:
+        import openvino
 
-    def run(feeds: Feeds) -> np.ndarray:
-        return request.infer(feeds)[output].copy()  # the request reuses its output buffer on the next call
-    return run
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": subject.threads, "PERFORMANCE_HINT": "LATENCY", **hint})
+        chosen = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        request = compiled.create_infer_request()
+        output = compiled.output(io_spec.IMAGE_FLOAT)
+
+        def run(feeds: Feeds) -> np.ndarray:
+            return request.infer(feeds)[output].copy()  # the request reuses its output buffer on the next call
+        return Runner(run, _OPENVINO_PRECISIONS.get(chosen, chosen))
+    return build
+
+
+def cuda_runner(subject: Subject, path: Path | None) -> Runner:
+    """An ONNX graph in ONNX Runtime's CUDA execution provider, fp32 with TF32 off (ONNX Runtime turns it on by
+    default, which rounds conv inputs to 10 mantissa bits on Ampere and newer)."""
+    return onnxruntime_runner(subject, path, providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
+
+
+def tensorrt_fp32_precision() -> str:
+    """What TensorRT's fp32 mode computes convs in here: TensorRT allows TF32 by default, which GPUs of compute
+    capability 8.0 (Ampere) and newer have."""
+    return TF32 if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0) else FP32
 
 
 def tensorrt_runner(subject: Subject, path: Path | None) -> Runner:
-    """Our folded graph in ONNX Runtime's TensorRT execution provider (fp32; CUDA for what TensorRT declines)."""
-    return onnxruntime_runner(subject, path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    """Our folded graph in ONNX Runtime's TensorRT execution provider in TensorRT's fp32 mode (see
+    `tensorrt_fp32_precision`); CUDA for what TensorRT declines."""
+    return onnxruntime_runner(subject, path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+                              precision=tensorrt_fp32_precision())
+
+
+def tensorrt_engine_fp16(subject: Subject, path: Path | None) -> Runner:
+    """The engine `spade-deploy export trt` ships (fp16, normalisation, last conv and tanh in fp32; batch
+    1..max_batch), built from the ONNX graph next to it, run with TensorRT's own API."""
+    from spade_deploy.export.tensorrt import EngineOptions, build_engine
+
+    plan = path.with_name(f"{path.stem}-fp16.plan")
+    build_engine(path, plan, EngineOptions(fp16=True, max_batch=subject.max_batch))
+    return tensorrt_engine_runner(plan, FP16)
+
+
+def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
+    """A serialized TensorRT engine (`*.plan`) run on the current CUDA stream, inputs copied from and `image_float`
+    back to the host on every call, as a client of the engine would."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
+    if engine is None:
+        raise RuntimeError(f"TensorRT could not load the engine {plan}")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
+    inputs = [name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT]
+    outputs = [name for name in names if name not in inputs]
+    dtypes = {name: torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
+              for name in outputs}
+
+    def run(feeds: Feeds) -> np.ndarray:
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda() for name in inputs}
+        for name, tensor in tensors.items():
+            context.set_input_shape(name, tuple(tensor.shape))
+        for name in outputs:
+            tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtypes[name], device="cuda")
+        for name, tensor in tensors.items():
+            context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream()  # the one the copies above were queued on
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run the engine {plan}")
+        return tensors[io_spec.IMAGE_FLOAT].cpu().numpy()  # waits for the stream
+    return Runner(run, precision)
+
+
+# ------------------------------------------------------------------------------------------------ `fast`
+
+@dataclass(frozen=True)
+class FastChoice:
+    """What `fast` runs on this machine, and why."""
+    graph: str  # the GRAPHS entry
+    precision: str  # what it asks for (the row reports what the runtime chose)
+    engine: str  # "openvino" or "onnxruntime"
+    why: str
+
+
+def cpu_flags() -> set[str]:
+    """The feature flags of the first processor in /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = _CPUINFO.read_text()
+    except OSError:
+        return set()
+    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
+
+
+def fast_choice(flags: set[str], openvino_installed: bool) -> FastChoice:
+    """Our fastest export at the best reduced precision a CPU with these /proc/cpuinfo flags offers."""
+    if not {"amx_bf16", "avx512_bf16"} & flags:
+        return FastChoice("sparse", FP32, "onnxruntime", "fp32: this CPU has no bf16 hardware (neither amx_bf16 nor "
+                                                         "avx512_bf16); the boundary-sparse graph in ONNX Runtime")
+    if not openvino_installed:
+        return FastChoice("sparse", FP32, "onnxruntime", "fp32: this CPU has bf16 hardware, but OpenVINO, which "
+                                                         "would run bf16, is not installed; the boundary-sparse graph "
+                                                         "in ONNX Runtime")
+    if "amx_bf16" in flags:
+        # AMX multiplies bf16 tiles several times faster than AVX-512 does, which speeds up the dense graph's convs
+        # but not the sparse graph's gathers: dense does more work, at a far higher rate.
+        return FastChoice("dense", BF16, "openvino", "bf16 on AMX: our dense graph in OpenVINO")
+    # AVX512-BF16 alone does bf16 dot products at about twice the fp32 rate: too little to make up for the dense
+    # graph's extra work, so the sparse graph stays ahead.
+    return FastChoice("sparse", BF16, "openvino", "bf16 on AVX512-BF16 (no AMX): the boundary-sparse graph in "
+                                                  "OpenVINO")
 
 
 def _openvino_unavailable() -> str | None:
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO is not installed (pip install 'spade-deploy[bench]')"
+    return None
+
+
+def _cuda_unavailable() -> str | None:
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
     return None
 
 
@@ -146,18 +272,36 @@ def _tensorrt_unavailable() -> str | None:
     return reason
 
 
+FAST = fast_choice(cpu_flags(), _openvino_unavailable() is None)
+
 register(Runtime("eager", "PyTorch eager, unfolded generator on the one-hot map (inference_mode)", eager_runner))
 register(Runtime("folded-torch", "our folded graph in PyTorch", torch_graph_runner("dense")))
 register(Runtime("plain-ort", "plain torch.onnx.export of the unfolded model in ONNX Runtime", onnxruntime_runner,
                  graph="plain", plain=True))
-register(Runtime("plain-openvino", "plain torch.onnx.export of the unfolded model in OpenVINO", openvino_runner,
-                 graph="plain", plain=True, unavailable=_openvino_unavailable))
+register(Runtime("plain-openvino", "plain torch.onnx.export of the unfolded model in OpenVINO, pinned to f32",
+                 openvino_runner(FP32), graph="plain", plain=True, unavailable=_openvino_unavailable))
+register(Runtime("plain-openvino-default", "plain torch.onnx.export of the unfolded model in OpenVINO at its default "
+                                           "settings (bf16 where the CPU has bf16 hardware)",
+                 openvino_runner(None), graph="plain", plain=True, unavailable=_openvino_unavailable))
 register(Runtime("ort", "our folded ONNX graph in ONNX Runtime", onnxruntime_runner, graph="dense"))
-register(Runtime("openvino", "our folded ONNX graph in OpenVINO", openvino_runner, graph="dense",
-                 unavailable=_openvino_unavailable))
-register(Runtime("tensorrt", "our folded ONNX graph in TensorRT (ONNX Runtime's TensorRT provider, fp32)",
-                 tensorrt_runner, graph="dense", unavailable=_tensorrt_unavailable))
+register(Runtime("openvino", "our folded ONNX graph in OpenVINO, pinned to f32", openvino_runner(FP32),
+                 graph="dense", unavailable=_openvino_unavailable))
 register(Runtime("sparse-torch", "our boundary-sparse graph in PyTorch", torch_graph_runner("sparse")))
 register(Runtime("sparse-ort", "our boundary-sparse ONNX graph in ONNX Runtime", onnxruntime_runner, graph="sparse"))
-register(Runtime("sparse-openvino", "our boundary-sparse ONNX graph in OpenVINO", openvino_runner, graph="sparse",
-                 unavailable=_openvino_unavailable))
+register(Runtime("sparse-openvino", "our boundary-sparse ONNX graph in OpenVINO, pinned to f32", openvino_runner(FP32),
+                 graph="sparse", unavailable=_openvino_unavailable))
+register(Runtime("fast", f"our fastest export at the best reduced precision this CPU offers — here {FAST.why}",
+                 openvino_runner(FAST.precision) if FAST.engine == "openvino" else onnxruntime_runner,
+                 graph=FAST.graph))
+# NVIDIA GPUs (the `gpu` extra); skipped with the reason elsewhere.
+register(Runtime("plain-ort-cuda", "plain torch.onnx.export of the unfolded model in ONNX Runtime's CUDA provider "
+                                   "(fp32, TF32 off)", cuda_runner, graph="plain", plain=True,
+                 unavailable=_cuda_unavailable))
+register(Runtime("ort-cuda", "our folded ONNX graph in ONNX Runtime's CUDA provider (fp32, TF32 off)", cuda_runner,
+                 graph="dense", unavailable=_cuda_unavailable))
+register(Runtime("tensorrt", "our folded ONNX graph in ONNX Runtime's TensorRT provider (TensorRT's fp32 mode: TF32 "
+                             "convs on Ampere and newer)", tensorrt_runner, graph="dense",
+                 unavailable=_tensorrt_unavailable))
+register(Runtime("tensorrt-fp16", "our folded graph as the fp16 TensorRT engine `export trt` builds (normalisation, "
+                                  "last conv and tanh in fp32), run with TensorRT's API", tensorrt_engine_fp16,
+                 graph="dense", unavailable=tensorrt_unavailable))

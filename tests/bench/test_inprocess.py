@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 
 from spade_deploy.bench import runtimes
-from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, run_inprocess
+from spade_deploy.bench.inprocess import Options, Quality, boundary_share, graph_feeds, quality, run_inprocess
+from spade_deploy.bench.machine import describe_machine
 from spade_deploy.bench.report import section
-from spade_deploy.bench.runtimes import RUNTIMES, Runner, Runtime, Subject, onnxruntime_runner, select
+from spade_deploy.bench.runtimes import (BF16, FAST, FP32, RUNTIMES, Runner, Runtime, Subject, cpu_flags, fast_choice,
+                                         onnxruntime_runner, select)
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE, read_export_metadata
 from spade_deploy.model import io_spec
 from tests.fixtures.bench import TINY_BENCH
 
-ROW_FIELDS = {"runtime", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff", "peak_mem_mb",
-              "boundary_share", "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager",
-              "speedup_vs_best_plain", "best_plain", "speedup_vs", "latencies_ms"}
+ROW_FIELDS = {"runtime", "precision", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff",
+              "max_abs_diff_f64", "psnr_db", "within_1_level", "within_2_levels", "peak_mem_mb", "boundary_share",
+              "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager", "speedup_vs_best_plain",
+              "best_plain", "speedup_vs", "latencies_ms"}
+OPENVINO_PINNED = ("plain-openvino", "openvino", "sparse-openvino")  # INFERENCE_PRECISION_HINT f32
 
 
 def test_every_available_runtime_is_timed_at_every_batch(inprocess_result: dict[str, Any]) -> None:
@@ -39,10 +43,82 @@ def test_every_available_runtime_is_timed_at_every_batch(inprocess_result: dict[
         assert row["peak_mem_mb"] is None or row["peak_mem_mb"] >= 0
 
 
-def test_every_runtime_computes_the_eager_function(inprocess_result: dict[str, Any]) -> None:
-    for row in inprocess_result["rows"]:
-        assert row["max_abs_diff"] <= TOLERANCE, row["runtime"]
-    assert all(row["max_abs_diff"] == 0.0 for row in inprocess_result["rows"] if row["runtime"] == "eager")
+def test_every_fp32_runtime_computes_the_float64_function(inprocess_result: dict[str, Any]) -> None:
+    """Against eager float32 and against the float64 model; eager float32 itself is not the float64 model."""
+    fp32 = [row for row in inprocess_result["rows"] if row["precision"] == FP32]
+    assert {"eager", "plain-ort", "ort", "sparse-ort"} <= {row["runtime"] for row in fp32}
+    for row in fp32:
+        assert row["max_abs_diff"] <= TOLERANCE and row["max_abs_diff_f64"] <= TOLERANCE, row["runtime"]
+        assert row["within_2_levels"] >= row["within_1_level"] > 0.99, row["runtime"]
+        assert row["psnr_db"] > 80, row["runtime"]
+    eager = [row for row in fp32 if row["runtime"] == "eager"]
+    assert all(row["max_abs_diff"] == 0.0 < row["max_abs_diff_f64"] for row in eager)
+
+
+def test_reduced_precision_is_named_and_measured(inprocess_result: dict[str, Any]) -> None:
+    """A row's precision is what the runtime computes in: bf16 rows lie measurably further from float64 than every
+    fp32 row, and OpenVINO pinned to f32 reports f32 back."""
+    rows = inprocess_result["rows"]
+    assert {row["precision"] for row in rows} <= {FP32, BF16}
+    fp32_psnr = min(row["psnr_db"] for row in rows if row["precision"] == FP32)
+    for row in rows:
+        if row["precision"] == BF16:
+            assert row["psnr_db"] < fp32_psnr - 20 and row["max_abs_diff_f64"] > 100 * TOLERANCE, row["runtime"]
+            assert 0 <= row["within_1_level"] <= row["within_2_levels"] <= 1
+        if row["runtime"] in OPENVINO_PINNED:
+            assert row["precision"] == FP32, row["runtime"]
+
+
+def test_openvino_defaults_and_fast_say_which_precision_they_ran(inprocess_result: dict[str, Any]) -> None:
+    """OpenVINO at its default settings runs bf16 where the CPU has bf16 hardware (at least with AMX); `fast` runs
+    the reduced precision its choice names, or fp32 where the CPU has none."""
+    if runtimes._openvino_unavailable():
+        pytest.skip(runtimes._openvino_unavailable())
+    rows = {(row["runtime"], row["batch"]): row for row in inprocess_result["rows"]}
+    flags = cpu_flags()
+    for batch in (1, 2):
+        default = rows["plain-openvino-default", batch]["precision"]
+        assert default == BF16 if "amx_bf16" in flags else default in (FP32, BF16)
+        assert rows["fast", batch]["precision"] == FAST.precision == (BF16 if {"amx_bf16", "avx512_bf16"} & flags
+                                                                    else FP32)
+    assert FAST.why in inprocess_result["setup"]["runtimes"]["fast"]
+
+
+@pytest.mark.parametrize("flags, openvino, graph, precision, engine, why", [
+    (set(), True, "sparse", FP32, "onnxruntime", "no bf16 hardware"),
+    ({"avx512f", "avx2"}, True, "sparse", FP32, "onnxruntime", "no bf16 hardware"),
+    ({"avx512_bf16"}, True, "sparse", BF16, "openvino", "AVX512-BF16 (no AMX)"),
+    ({"avx512_bf16", "amx_bf16", "amx_tile"}, True, "dense", BF16, "openvino", "AMX"),
+    ({"avx512_bf16", "amx_bf16"}, False, "sparse", FP32, "onnxruntime", "OpenVINO, which would run bf16, is not"),
+])
+def test_fast_takes_the_best_reduced_precision_the_cpu_offers(flags: set[str], openvino: bool, graph: str,
+                                                              precision: str, engine: str, why: str) -> None:
+    choice = fast_choice(flags, openvino)
+    assert (choice.graph, choice.precision, choice.engine) == (graph, precision, engine)
+    assert why in choice.why and choice.why.startswith(precision)
+
+
+def test_the_cpu_flags_are_the_ones_the_machine_record_shows() -> None:
+    simd = describe_machine(2)["simd"]
+    assert set(simd) <= cpu_flags()
+    assert FAST == fast_choice(cpu_flags(), runtimes._openvino_unavailable() is None)
+
+
+def test_quality_against_float64() -> None:
+    level = 2 / 255  # one 8-bit level on the [-1, 1] scale
+    reference = np.full((1, 3, 2, 2), 100 * level - 1)  # level 100 exactly
+    assert quality(reference, reference) == Quality(0.0, None, 1.0, 1.0)
+    output = reference.copy()
+    output[0, 0, 0, 0] += 2 * level  # one channel of one pixel: that pixel is 2 levels off
+    output[0, 2, 1, 1] -= 0.6 * level  # rounds to 99: that pixel is 1 level off
+    measured = quality(output.astype(np.float32), reference)
+    assert measured.max_abs_diff == pytest.approx(2 * level, rel=1e-5)
+    mse = ((2 * level) ** 2 + (0.6 * level) ** 2) / 12
+    assert measured.psnr_db == pytest.approx(10 * math.log10(4 / mse), rel=1e-5)
+    assert (measured.within_1_level, measured.within_2_levels) == (0.75, 1.0)
+    worse = measured.worse(Quality(0.5, 60.0, 0.9, 0.5))
+    assert worse == Quality(0.5, measured.psnr_db, 0.75, 0.5)
+    assert Quality(0.0, None, 1.0, 1.0).worse(measured) == measured
 
 
 def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inprocess_result: dict[str, Any]) -> None:
@@ -89,7 +165,8 @@ def test_a_new_runtime_takes_one_registration() -> None:
     assert set(rows) == {(name, batch) for name in ("eager", "candidate") for batch in (1, 2)}
     for batch in (1, 2):
         candidate = rows["candidate", batch]
-        assert candidate["max_abs_diff"] <= TOLERANCE
+        assert candidate["max_abs_diff"] <= TOLERANCE and candidate["max_abs_diff_f64"] <= TOLERANCE
+        assert candidate["precision"] == FP32  # what onnxruntime_runner says of the CPU provider
         assert candidate["best_plain"] is None and candidate["speedup_vs_best_plain"] is None  # no plain runtime ran
         assert set(candidate["speedup_vs"]) == {"eager"}
     assert result["setup"]["runtimes"]["candidate"] == "the sparse graph in ONNX Runtime"
@@ -115,8 +192,8 @@ def test_a_runtime_on_an_unknown_graph_is_refused() -> None:
 
 
 def test_unknown_runtimes_and_bad_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown runtime.*'fast'"):
-        select(["eager", "fast"])
+    with pytest.raises(ValueError, match="unknown runtime.*'warp'"):
+        select(["eager", "warp"])
     with pytest.raises(ValueError, match="batches"):
         Options(batches=(0,))
     with pytest.raises(ValueError, match="repeats"):

@@ -17,15 +17,35 @@ def test_a_results_folder_holds_json_summary_and_chart(inprocess_result: dict[st
     summary = summary_path.read_text()
     assert summary.startswith("# SPADE benchmarks: ")
     assert inprocess_result["machine"]["versions"]["torch"] in summary
-    assert "| runtime | batch | p50 ms | p95 ms | p99 ms | images/s | × eager | × best plain |" in summary
+    assert ("| runtime | precision | batch | p50 ms | p95 ms | p99 ms | images/s | × eager | × best plain | "
+            "PSNR dB vs float64 |") in summary
+    assert ("| runtime | precision | batch | max |Δ| vs float64 | PSNR dB | pixels ≤ 1 level | pixels ≤ 2 levels | "
+            "max |Δ| vs eager |") in summary  # quality
     assert "| runtime | batch | × eager | × plain-ort |" in summary  # against each baseline
     for row in inprocess_result["rows"]:
-        assert f"| {row['runtime']} | {row['batch']} |" in summary
+        assert f"| {row['runtime']} | {row['precision']} | {row['batch']} |" in summary
+        quality = f"| {row['runtime']} | {row['precision']} | {row['batch']} | {row['max_abs_diff_f64']:.1e} |"
+        assert quality in summary
     for entry in inprocess_result["skipped"]:
         assert entry["reason"] in summary
     assert f"]({report.LATENCY_CHART})" in summary and not (tmp_path / report.SERVED_CHART).exists()
     with Image.open(tmp_path / report.LATENCY_CHART) as chart:
         assert chart.format == "PNG" and chart.width >= 800
+
+
+def test_results_recorded_before_precision_and_float64_still_render(inprocess_result: dict[str, Any],
+                                                                    tmp_path: Path) -> None:
+    """Format 1 rows name no precision (they were all fp32 runtimes) and measured against eager float32 only."""
+    old = json.loads(json.dumps(inprocess_result))
+    old["format_version"] = 1
+    for row in old["rows"]:
+        for name in ("precision", "max_abs_diff_f64", "psnr_db", "within_1_level", "within_2_levels"):
+            del row[name]
+    summary = report.write_result(tmp_path, old).read_text()
+    row = old["rows"][0]
+    assert f"| {row['runtime']} | fp32 | {row['batch']} |" in summary
+    assert "| runtime | batch | max |Δ| vs eager |" in summary and "PSNR dB |" not in summary
+    assert f"| {row['runtime']} | {row['batch']} | {row['max_abs_diff']:.1e} |" in summary
 
 
 def _with_machine(result: dict[str, Any], **fields: Any) -> dict[str, Any]:
