@@ -1,5 +1,7 @@
 """spade_deploy.client against a real tritonserver: input forms (arrays, preset-encoded PNGs), splitting at the
-server's batch limit, local and server-side refusals as typed errors, timeouts, and a server that dies mid-request."""
+server's batch limit, local and server-side refusals as typed errors, timeouts, a server that dies mid-request, and the
+client's guarantees with several real servers: fail-over to another address, bounded retries with backoff, and every
+failure a `SpadeClientError`."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +12,15 @@ import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from spade_deploy.model import io_spec
@@ -93,12 +99,21 @@ def test_one_style_for_all_maps_and_encode(spade_server: Served, tmp_path: Path)
     ("labels outside the classes", "labels must lie in [0, 10]"),
     ("float labels", "must hold integers"),
     ("no instances", "this model uses instance edges (use_instance=True); pass an instance-id map"),
-    ("seed beyond int64", "seeds must be integers that fit int64"),
+    ("seed beyond int64", "seed must be an integer that fits int64"),
     ("two seeds for three maps", "seed has 2 items for 3 label maps"),
     ("float style", "must be a uint8 RGB image"),
     ("missing label file", "no such file"),
     ("empty list", "labels: an empty batch (0 label maps); pass at least one"),
     ("batch of 0", "labels: an empty batch (0 label maps); pass at least one"),
+    ("labels None", "labels must be an image file path or an array, got NoneType"),
+    ("labels not an array", "labels must be an image file path or an array, got dict"),
+    ("None in the list", "labels[1] must be an image file path or an array, got NoneType"),
+    ("a batch in the list", "labels[0] must have 2 dimensions (one item of a list), got shape [3, 64, 64]"),
+    ("instances of 4 dims", "instances must have 2 dimensions per item (or 3 with the batch axis), got shape [1, 3, "),
+    ("three instance maps for two", "instances has 3 items for 2 label maps"),
+    ("float seed", "seed must be an integer that fits int64 (or one per label map), got 1.5"),
+    ("no seeds", "seed has 0 items for 3 label maps"),
+    ("style with 4 channels", "style must be [H, W, 3] or [N, H, W, 3] RGB, got shape [8, 8, 4]"),
 ])
 def test_bad_input_is_refused_before_sending(spade_server: Served, case: str, message: str) -> None:
     feed = spade_server.exported.inputs(3)
@@ -113,6 +128,15 @@ def test_bad_input_is_refused_before_sending(spade_server: Served, case: str, me
         "missing label file": dict(labels="does-not-exist.png", instances=instances),
         "empty list": dict(labels=[], instances=instances),
         "batch of 0": dict(labels=labels[:0], instances=instances[:0]),
+        "labels None": dict(labels=None, instances=instances),
+        "labels not an array": dict(labels={"map": labels}, instances=instances),
+        "None in the list": dict(labels=[labels[0], None], instances=instances[:2]),
+        "a batch in the list": dict(labels=[labels], instances=instances),
+        "instances of 4 dims": dict(labels=labels, instances=instances[None]),
+        "three instance maps for two": dict(labels=labels[:2], instances=instances),
+        "float seed": dict(labels=labels, instances=instances, seed=1.5),
+        "no seeds": dict(labels=labels, instances=instances, seed=[]),
+        "style with 4 channels": dict(labels=labels, instances=instances, style=np.zeros((8, 8, 4), np.uint8)),
     }
     with SpadeClient(spade_server.url) as client, pytest.raises(InvalidInput, match=re.escape(message)):
         client.synthesize(**calls[case])
@@ -206,3 +230,175 @@ def _wait_for_pending_request(server: TritonServer, timeout: float = 30.0) -> No
                 return
         time.sleep(0.05)
     raise AssertionError(f"the request never reached the server within {timeout} s")
+
+
+# ------------------------------------------------------------------------------------- the client's guarantees
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(url=None), "url must be a gRPC address 'host:port' or a list of them, got NoneType"),
+    (dict(url=[]), "url: an empty list of addresses"),
+    (dict(url=""), "url must be a gRPC address 'host:port' (as 127.0.0.1:8001), got ''"),
+    (dict(url="127.0.0.1"), "got '127.0.0.1'"),
+    (dict(url=["127.0.0.1:8001", "127.0.0.1:99999"]), "got '127.0.0.1:99999'"),
+    (dict(url="http://127.0.0.1:8001"), "drop the scheme"),
+    (dict(timeout=0), "timeout must be a finite number of seconds > 0, got 0"),
+    (dict(timeout=None), "timeout must be a finite number of seconds > 0, got None"),
+    (dict(timeout=float("nan")), "timeout must be a finite number of seconds > 0, got nan"),
+    (dict(retries=-1), "retries must be an integer >= 0 (0: no retries), got -1"),
+    (dict(retries=1.5), "retries must be an integer >= 0 (0: no retries), got 1.5"),
+    (dict(backoff=-0.1), "backoff must be a finite number of seconds >= 0, got -0.1"),
+    (dict(retry_time=float("inf")), "retry_time must be a finite number of seconds > 0, got inf"),
+])
+@pytest.mark.parametrize("client_class", [SpadeClient, AsyncSpadeClient])
+def test_bad_settings_are_refused(client_class: type, settings: dict[str, Any], message: str) -> None:
+    settings = {"url": "127.0.0.1:8001", **settings}
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        client_class(settings.pop("url"), **settings)
+
+
+def test_a_closed_client_raises_a_client_error(spade_server: Served) -> None:
+    feed = spade_server.exported.inputs(1)
+    client = SpadeClient(spade_server.url)
+    client.close()
+    client.close()  # twice is fine
+    with pytest.raises(SpadeClientError, match="is closed; make a new one"):
+        client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE])
+
+    async def closed() -> None:
+        client = AsyncSpadeClient(spade_server.url)
+        await client.close()
+        await client.is_ready()
+
+    with pytest.raises(SpadeClientError, match="is closed; make a new one"):
+        asyncio.run(closed())
+
+
+def test_fail_over_to_a_second_server(spade_server: Served, tmp_path: Path) -> None:
+    """Two real servers of the same repository: the client uses the first; stopped while requests keep coming, the
+    requests go on through the second, with the same numbers."""
+    exported = spade_server.exported
+    repository = tmp_path / "repository"
+    write_repository(repository, exported.generator_onnx, exported.encoder_onnx, max_batch_size=MAX_BATCH)
+    feed = exported.inputs(2, seed=60)
+    want = expected(exported, feed, seeds=[3, 3])
+    with TritonServer(repository, log_file=tmp_path / "server.log") as second:
+        urls = [second.grpc_url, spade_server.url]
+
+        async def one_async_call(client: AsyncSpadeClient) -> tuple[np.ndarray, str]:
+            return await client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE], seed=3), client.url
+
+        with SpadeClient(urls, timeout=60) as client:
+            np.testing.assert_array_equal(client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE], seed=3), want)
+            assert client.url == second.grpc_url
+            stopping = threading.Thread(target=second.stop)
+            stopping.start()
+            answers = 0
+            while stopping.is_alive() or answers < 3:  # through the shutdown, then on the other server
+                images = client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE], seed=3)
+                np.testing.assert_array_equal(images, want)
+                answers += 1 if not stopping.is_alive() else 0
+            stopping.join()
+            assert client.url == spade_server.url  # remembered: no more tries of the stopped server
+            # The asyncio client, made now, finds the first address dead and goes on as well.
+            images, url = asyncio.run(_with_async_client(urls, one_async_call))
+            np.testing.assert_array_equal(images, want)
+            assert url == spade_server.url
+
+
+async def _with_async_client(urls: list[str], call: Any) -> Any:
+    async with AsyncSpadeClient(urls, timeout=60) as client:
+        return await call(client)
+
+
+def test_a_refused_input_is_not_sent_elsewhere(spade_server: Served) -> None:
+    """A dead address is passed over; the server's refusal of the input ends the call: sent once, not retried."""
+    dead = f"127.0.0.1:{free_port()}"
+    before = _requests_received(spade_server.url, io_spec.ENCODER_MODEL)
+    with SpadeClient([dead, spade_server.url], retries=3, backoff=0.01) as client, \
+            pytest.raises(InvalidInput, match=r"refused the request to 'spade_encoder': input 'style' is empty"):
+        client.encode(np.zeros((0, 4, 3), np.uint8))
+    assert _requests_received(spade_server.url, io_spec.ENCODER_MODEL) == before + 1
+
+
+def _requests_received(url: str, model: str) -> int:
+    """Requests that reached `model` (a python-backend model's error response counts as a success in Triton's
+    statistics)."""
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    return sum(int(stats[outcome].get("count", 0)) for outcome in ("success", "fail"))
+
+
+def test_retries_reach_a_server_that_comes_up_later(exported_segmap: Exported, spade_server: Served,
+                                                    tmp_path: Path) -> None:
+    """A server started about 1 s after the first request: without retries the request fails at once, with them it
+    gets the server's answer. A client whose second address serves another model refuses to fail over to it."""
+    require_triton()
+    repository = tmp_path / "repository"
+    write_repository(repository, exported_segmap.generator_onnx, instances=1)
+    url = f"127.0.0.1:{free_port()}"
+    feed = exported_segmap.inputs(2, seed=70)
+    with _server_later(repository, url, delay=1.0) as stop:
+        with SpadeClient(url) as client, pytest.raises(ServerUnavailable, match=re.escape(f"server at {url}")):
+            client.synthesize(feed[io_spec.LABEL])
+        with SpadeClient(url, retries=1000, backoff=0.1, retry_time=300) as client:
+            np.testing.assert_array_equal(client.synthesize(feed[io_spec.LABEL]), expected(exported_segmap, feed))
+        with SpadeClient([url, spade_server.url], timeout=60) as client:
+            assert client.served.config == exported_segmap.config
+            stop()
+            with pytest.raises(SpadeClientError, match=re.escape(f"and {spade_server.url} serve different models")):
+                client.synthesize(feed[io_spec.LABEL])
+
+
+@contextmanager
+def _server_later(repository: Path, url: str, delay: float) -> Iterator[Any]:
+    """A server on `url`'s gRPC port, started `delay` seconds from now. Its own thread launches it and lives until it
+    is stopped (the server dies with the thread that launched it); yields a function that stops it."""
+    stop, failures = threading.Event(), []
+
+    def serve() -> None:
+        time.sleep(delay)
+        try:
+            with TritonServer(repository, grpc_port=int(url.rsplit(":", 1)[1])):
+                stop.wait()
+        except BaseException as error:  # reported by the test, which otherwise sees only a server that never came
+            failures.append(error)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+
+    def stop_server() -> None:
+        stop.set()
+        thread.join(timeout=120)
+        assert not thread.is_alive() and not failures, failures
+
+    try:
+        yield stop_server
+    finally:
+        stop_server()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_retries_give_up_within_their_bound(exported_vae: Exported, asynchronous: bool) -> None:
+    """Against a dead address: `retries` rounds at most, none after `retry_time`; the error says how many."""
+    feed = exported_vae.inputs(1)
+    dead = f"127.0.0.1:{free_port()}"
+
+    def call(**settings: Any) -> None:
+        if asynchronous:
+            async def send() -> None:
+                async with AsyncSpadeClient(dead, timeout=10, **settings) as client:
+                    await client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE])
+            asyncio.run(send())
+        else:
+            with SpadeClient(dead, timeout=10, **settings) as client:
+                client.synthesize(feed[io_spec.LABEL], feed[io_spec.INSTANCE])
+
+    with pytest.raises(ServerUnavailable, match=r"3 attempts \(3 round\(s\) over 1 address\(es\), retries=2\)"):
+        call(retries=2, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=r"no Triton server answered: \d+ attempts") as raised:
+        call(retries=10 ** 6, backoff=0.05, retry_time=1.0)
+    elapsed = time.monotonic() - start
+    assert 0.9 < elapsed < 1.0 + 10, elapsed  # a round against a dead loopback port is far quicker than 10 s
+    attempts = int(re.search(r"(\d+) attempts", str(raised.value)).group(1))
+    assert 3 <= attempts < 100, raised.value  # waits of 0.05, 0.1, 0.2, 0.4 s fit in the second
