@@ -1,6 +1,6 @@
 """Training fits something: on a dataset whose images are a known function of the labels (one flat colour per
-class), a few hundred CPU steps of the real training stack teach the generator that colour for label maps it has
-never seen."""
+class), 200 CPU steps of the real training stack teach the generator those colours on label maps it has never
+seen."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +18,14 @@ COLOURS = np.array([[220, 40, 40], [40, 180, 60], [50, 70, 230]], np.uint8)  # c
 SIZE = 32  # the smallest crop the custom preset's five upsamplings allow
 STEPS = 200
 
-# Per-class error in 8-bit levels (mean over a class's pixels of |generated - class colour|, averaged over RGB),
-# then the mean over the classes. Measured on x86-64 (1 thread) with seeds 0 / 1 / 2: trained 19.6 / 23.0 / 24.5,
-# after one step 82.0 (a label-blind image, whatever its colour, cannot get below ~60 on these four colours).
-# GAN training amplifies float differences, so the bounds leave room for another CPU's trajectory.
-MAX_TRAINED_ERROR = 40.0
-MIN_IMPROVEMENT = 2.0
+# The error of a class: the mean over its pixels of |generated - class colour| in 8-bit levels (averaged over R, G,
+# B); the test bounds the mean over the classes. Measured at seed 0 on x86-64 (one thread): 20.4 trained, 79.2 after
+# one step. GAN trajectories amplify float differences, so the bounds were set from other trajectories too: seeds
+# 0-5, with this init and with PyTorch's default init in the spectral-norm layers, gave 20.0-35.4 trained (the upper
+# values when one class is still wrong on small rectangles) and 79.1-79.2 after one step. No image that ignores the
+# labels gets below 56.7 here (the best constant colour), so the bound also says the colours follow the labels.
+MAX_TRAINED_ERROR = 45.0
+MIN_IMPROVEMENT = 1.75  # untrained / trained
 
 
 def layouts(count: int, seed: int) -> np.ndarray:
@@ -49,8 +51,8 @@ def write_colour_dataset(root: Path, count: int, seed: int) -> Path:
 
 
 def train_run(dataroot: Path, run_dir: Path, steps: int) -> Path:
-    """Train through the CLI's options; the run's latest checkpoint. --load-size 32: no resize, so the images keep
-    their exact colours (random flips stay on: they keep the labels -> colour function)."""
+    """Train as `spade-deploy train` does with these arguments; returns the run's latest checkpoint. --load-size 32:
+    no resize, so the images keep their exact colours (random flips stay on: they keep the labels -> colour map)."""
     args = ["--preset", "custom", "--label-nc", str(len(COLOURS)), "--dataroot", str(dataroot),
             "--crop-size", str(SIZE), "--load-size", str(SIZE), "--ngf", "16", "--spade-hidden", "16", "--ndf", "16",
             "--no-vgg-loss", "--batch-size", "8", "--max-steps", str(steps), "--amp", "none", "--seed", "0",
@@ -73,6 +75,7 @@ def test_training_learns_each_class_colour_on_unseen_layouts(tmp_path: Path) -> 
     dataroot = write_colour_dataset(tmp_path / "data", count=64, seed=0)
     held_out = layouts(16, seed=1)  # other layouts than the training ones
     assert all((held_out == c).any() for c in range(len(COLOURS)))
+    # One step of lr 1e-4 barely moves the weights: the untrained generator, with whatever init the stack uses.
     untrained = class_errors(train_run(dataroot, tmp_path / "one-step", 1), held_out)
     trained = class_errors(train_run(dataroot, tmp_path / "run", STEPS), held_out)
     report = f"per-class error: trained {trained.round(1)}, after one step {untrained.round(1)}"
