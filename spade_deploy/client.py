@@ -48,8 +48,11 @@ MAX_BACKOFF = 5.0  # seconds: the longest wait between two retries
 _ADDRESS = re.compile(r"(?P<host>[^\s/]+):(?P<port>\d{1,5})")
 # What a stopping Triton answers, in any status: the model unloaded ("has no available versions"), new requests
 # refused, or the pipeline's call of an inner model refused (INTERNAL). The server is going away, as when it refuses
-# connections a moment later, so these are `ServerUnavailable` too: retried, and sent to another address.
-_GOING_AWAY = re.compile(r"server is stopping|server not ready|has no available versions|not at ready state", re.I)
+# connections a moment later, so these are `ServerUnavailable` too: retried, and sent to another address. The same
+# holds for an inner model the pipeline finds not ready ("Model 'spade_generator' is not ready"): that is the
+# supervisor of `spade-deploy serve` reloading it after its backend process died, which passes in seconds.
+_GOING_AWAY = re.compile(r"server is stopping|server not ready|has no available versions|not at ready state|"
+                         r"model '[^']+' is not ready", re.I)
 
 
 class SpadeClientError(Failure):
