@@ -94,7 +94,12 @@ class Supervisor:
         if not self._instances:
             self._learn_instances()
         now = time.monotonic()
-        for model in self._broken_models():
+        broken = self._broken_models()
+        if broken and self.server.exit_status is not None:
+            # Stubs vanish with a killed server before it is reaped: that is a server restart, not a reload.
+            self._restart_server(self.server.exit_status)
+            return
+        for model in broken:
             if model not in self._retry or self._retry[model][0] <= now:
                 self._recover(model)
         self._end_lingering_stubs()
