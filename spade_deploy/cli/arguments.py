@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from spade_deploy.model.config import PRESETS
+from spade_deploy.model.memory import parse_bytes
 
 
 def positive_int(text: str) -> int:
@@ -16,6 +17,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def byte_size(text: str) -> int:
+    """A memory size option: '8GiB', '512MiB', '2GB' (see spade_deploy.model.memory.parse_bytes) -> bytes."""
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_model_source(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spade_deploy.cli.arguments import add_model_arguments, positive_int, size_of
+from spade_deploy.cli.arguments import add_model_arguments, byte_size, positive_int, size_of
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE
 from spade_deploy.model.config import NUM_UPSAMPLINGS
 from spade_deploy.serve.repository import VARIANTS
@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
     parser.add_argument("--variant", choices=VARIANTS, default=default_variant,
                         help=f"Triton repository variant: cpu = python backend + ONNX Runtime (runs anywhere); "
                              f"gpu = NVIDIA's Triton container (default here: {default_variant})")
+    parser.add_argument("--max-request-memory", type=byte_size, metavar="SIZE",
+                        help="cpu repository: memory one served request may use (e.g. 4GiB), by spade-deploy's "
+                             "estimate; larger batches and style images are refused before any work (default: what "
+                             "a full batch of label maps needs)")
     parser.add_argument("--parity-samples", type=positive_int, default=2,
                         help="random label-map batches in the parity check")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
@@ -107,6 +111,9 @@ def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exporte
 
     size = size_of(args)
     height, width = size if size else (None, None)
+    if args.max_request_memory is not None and (args.repository is None or args.variant != "cpu"):
+        raise ValueError("--max-request-memory sets the budget of a cpu Triton repository: give it with --repository "
+                         "and --variant cpu")
     exported = export_onnx(args.checkpoint, args.out, encoder=args.encoder, preset=args.preset,
                            num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, height=height,
                            width=width, parity_samples=args.parity_samples, tolerance=args.tolerance)
@@ -115,6 +122,7 @@ def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exporte
             print(f"wrote {path}")
     if args.repository:
         with step(f"writing the Triton model repository ({args.variant})"):
-            write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx, variant=args.variant)
+            write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx, variant=args.variant,
+                             max_request_memory=args.max_request_memory)
         print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")
     return exported

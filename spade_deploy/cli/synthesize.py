@@ -1,8 +1,9 @@
 """`spade-deploy synthesize`: label-map PNGs -> images with a generator checkpoint, on the CPU with PyTorch.
 
 Every input is read and checked before the first image is made, so a bad file stops the run before it writes
-anything. A VAE generator's maps all share one latent: the style image's (its mean, or a seeded sample around it) or
-a seeded random one.
+anything; so is the memory the largest map needs (`spade_deploy.model.memory`'s estimate), against `--memory-limit`.
+A VAE generator's maps all share one latent: the style image's (its mean, or a seeded sample around it) or a seeded
+random one.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from spade_deploy.cli.arguments import add_model_source
+from spade_deploy.cli.arguments import add_model_source, byte_size
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.model.checkpoint import load_encoder, load_generator
-from spade_deploy.model import io_spec
+from spade_deploy.model import io_spec, memory
 from spade_deploy.model.config import PRESETS, GeneratorConfig
 from spade_deploy.model.images import read_rgb, write_rgb
 from spade_deploy.model.labels import check_semantic_input, read_label_png, read_png
@@ -42,6 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder: label map NAME.png gives DIR/NAME.png")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="dataset of an official checkpoint that has no opt.txt (label layout, PNG encoding)")
+    parser.add_argument("--memory-limit", type=byte_size, metavar="SIZE",
+                        # "%%": argparse formats help strings with %
+                        help=f"refuse, before any work, label maps whose synthesis would need more memory than this "
+                             f"(e.g. 8GiB; spade-deploy's estimate for the generator; default: "
+                             f"{memory.DEFAULT_LIMIT_FRACTION:.0%}% of the memory available when it starts)")
     latent = parser.add_argument_group("latent z of VAE generators (default: --seed 0)")
     latent.add_argument("--encoder", type=Path, metavar="E.pth", help="style encoder checkpoint, used with --style")
     latent.add_argument("--style", type=Path, metavar="IMAGE", help="style reference image: z is the encoder's mean")
@@ -51,6 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.server is not None:
+        if args.memory_limit is not None:
+            raise ValueError("--memory-limit bounds synthesis in this process; a server has its own per-request "
+                             "budget (spade-deploy export --max-request-memory): drop --memory-limit")
         from spade_deploy.cli import synthesize_remote
         return synthesize_remote.run(args)
     if (args.style is None) != (args.encoder is None):
@@ -63,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     config = generator.config
     check_options(args, config)
     maps = [read_label_input(label, instance, config) for label, instance in zip(args.labels, instances)]
+    check_memory(args.labels, maps, config, args.memory_limit)
     z = latent(args, config)
     inputs = [path for path in (*args.labels, *instances, args.style) if path is not None]
     outputs = output_paths(args.labels, args.out, inputs)
@@ -90,6 +100,26 @@ def check_options(args: argparse.Namespace, config: GeneratorConfig) -> None:
         raise ValueError("this model uses instance edges: pass --instances, one instance-id PNG per label map")
     if not config.use_instance and args.instances is not None:
         raise ValueError("this model takes no instance maps (use_instance=False): drop --instances")
+
+
+def check_memory(paths: list[Path], maps: list[LabelInput], config: GeneratorConfig, limit: int | None) -> None:
+    """Refuse the run when the largest map would need more memory than `limit` bytes (default: a share of what is
+    available now, after the model and the maps were loaded). Maps run one at a time, so the largest one decides."""
+    path, (labels, _) = max(zip(paths, maps), key=lambda item: item[1][0].shape[1] * item[1][0].shape[2])
+    height, width = labels.shape[1:]
+    im2col = not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)  # else oneDNN convs
+    needed = memory.generator_bytes(config, 1, height, width, im2col=im2col)
+    source = "--memory-limit"
+    if limit is None:
+        available = memory.available_bytes()
+        limit = int(memory.DEFAULT_LIMIT_FRACTION * available)
+        source = (f"the default: {memory.DEFAULT_LIMIT_FRACTION:.0%} of the {memory.format_bytes(available)} "
+                  f"available now")
+    if needed > limit:
+        raise ValueError(f"{path}: synthesizing this {height}x{width} label map needs about "
+                         f"{memory.format_bytes(needed)} of memory (estimate for this generator), above the limit of "
+                         f"{memory.format_bytes(limit)} ({source}); use smaller label maps (split this one into tiles "
+                         f"and synthesize them one by one), or raise --memory-limit if the machine has the memory")
 
 
 def output_paths(labels: list[Path], out: Path, inputs: list[Path]) -> list[Path]:

@@ -9,7 +9,9 @@ Variants: `cpu` runs the generator and encoder graphs in ONNX Runtime inside pyt
 (`triton_models/onnx_model.py`), the only backend the tritonserver of the nvidia-pytriton wheel has; `gpu` is for
 NVIDIA's Triton container: the graphs in the onnxruntime backend on KIND_GPU instances, the generator through the
 TensorRT execution accelerator. Both use the same pipeline model, which imports spade_deploy (numpy only, no torch):
-in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. Configs are built as
+in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. In the cpu variant every
+model carries a memory budget per execution (`max_request_memory`), against which the python-backend models refuse
+requests before any work (`spade_deploy.serve.served_model.check_request_memory`). Configs are built as
 `ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field
 name is checked.
 """
@@ -25,8 +27,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.model import io_spec
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, PARAMETER, describe
+from spade_deploy.model import io_spec, memory
+from spade_deploy.model.config import GeneratorConfig
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, PARAMETER, describe
 
 Variant = Literal["cpu", "gpu"]
 VARIANTS: tuple[str, ...] = ("cpu", "gpu")
@@ -43,10 +46,13 @@ TRT_ENGINE_CACHE = "/tmp/spade-deploy-trt-cache"  # gpu variant: TensorRT engine
 
 def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_onnx: str | Path | None = None, *,
                      variant: Variant = "cpu", max_batch_size: int = 8, instances: int = 2,
-                     intra_op_threads: int = 1, queue_delay_us: int | None = None) -> list[Path]:
+                     intra_op_threads: int = 1, queue_delay_us: int | None = None,
+                     max_request_memory: int | None = None) -> list[Path]:
     """Write the repository for exported ONNX graphs into `repo_dir` (replacing an earlier spade repository there)
     and return the written `config.pbtxt` paths. The generator's config and size come from its ONNX metadata;
-    `queue_delay_us` defaults to the variant's `QUEUE_DELAY_US`."""
+    `queue_delay_us` defaults to the variant's `QUEUE_DELAY_US`. `max_request_memory` (bytes, cpu variant) caps the
+    estimated memory of one model execution: below what `max_batch_size` label maps need, it lowers the batch a
+    request may carry; it also bounds the style images. Default: what `max_batch_size` label maps need."""
     repo_dir, generator_onnx = Path(repo_dir), Path(generator_onnx)
     encoder_onnx = Path(encoder_onnx) if encoder_onnx is not None else None
     if variant not in VARIANTS:
@@ -66,6 +72,7 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     config, height, width = metadata.config, metadata.height, metadata.width
     if encoder_onnx is not None:
         io_spec.check_encoder_fits(config)
+    budget = _memory_budget(max_request_memory, variant, config, height, width, max_batch_size)
     _check_replaceable(repo_dir)
 
     described = describe(config, height, width)
@@ -98,7 +105,31 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
                             **common)
     pipeline.backend = "python"
     models[io_spec.PIPELINE_MODEL] = (pipeline, {"model.py": TEMPLATES / "pipeline.py"})
+    if budget is not None:
+        for model_config, _ in models.values():
+            model_config.parameters[MAX_REQUEST_MEMORY].string_value = str(budget)
     return _write_atomically(repo_dir, models)
+
+
+def _memory_budget(max_request_memory: int | None, variant: str, config: GeneratorConfig, height: int,
+                   width: int, max_batch_size: int) -> int | None:
+    """The checked `max_request_memory` of the cpu variant (None for gpu, whose graphs run in GPU memory that this
+    estimate does not describe)."""
+    if variant != "cpu":
+        if max_request_memory is not None:
+            raise ValueError("max_request_memory applies to the cpu variant, where the python-backend models run the "
+                             "graphs in host memory; on a GPU, max_batch_size bounds a request")
+        return None
+    if max_request_memory is None:
+        return memory.generator_bytes(config, max_batch_size, height, width, runtime="onnxruntime")
+    if not isinstance(max_request_memory, int) or isinstance(max_request_memory, bool) or max_request_memory < 1:
+        raise ValueError(f"max_request_memory must be a positive number of bytes, got {max_request_memory!r}")
+    one = memory.generator_bytes(config, 1, height, width, runtime="onnxruntime")
+    if max_request_memory < one:
+        raise ValueError(f"a max_request_memory of {memory.format_bytes(max_request_memory)} fits no request: one "
+                         f"{height}x{width} label map needs about {memory.format_bytes(one)} (estimate); give at "
+                         f"least that")
+    return max_request_memory
 
 
 def _check_replaceable(repo_dir: Path) -> None:

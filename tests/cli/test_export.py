@@ -25,6 +25,7 @@ from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
 from spade_deploy.model.synthetic import random_encoder, random_generator, random_style, synthetic_batch
+from spade_deploy.serve.served_model import MAX_REQUEST_MEMORY
 from tests.official import (official_encoder_forward, official_generator_forward, official_options,
                             official_state_dict, save_official, write_opt_txt)
 
@@ -143,6 +144,12 @@ def test_parity_failure_exits_1(own_checkpoint, tmp_path, capsys, monkeypatch):
     (["{ckpt}", "--out", "{out}", "--height", "64"], "--height and --width together"),
     (["{ckpt}", "--out", "{out}", "--encoder", "{ckpt}"], "not a VAE generator"),
     (["{not_a_checkpoint}", "--out", "{out}"], "not a readable PyTorch checkpoint"),
+    (["{ckpt}", "--out", "{out}", "--max-request-memory", "4GiB"], "--max-request-memory sets the budget of a cpu "
+                                                                   "Triton repository: give it with --repository"),
+    (["{ckpt}", "--out", "{out}", "--repository", "{out}/r", "--variant", "gpu", "--max-request-memory", "4GiB"],
+     "and --variant cpu"),
+    (["{ckpt}", "--out", "{out}", "--repository", "{out}/r", "--max-request-memory", "1MiB", "--parity-samples", "1"],
+     "a max_request_memory of 1.0 MiB fits no request: one 64x64 label map needs about"),
 ])
 def test_bad_input_exits_2(own_checkpoint, tmp_path, capsys, argv, message):
     junk = tmp_path / "junk.pth"
@@ -151,6 +158,16 @@ def test_bad_input_exits_2(own_checkpoint, tmp_path, capsys, argv, message):
     status = cli.main(["export", "onnx", *(arg.format(**names) for arg in argv)])
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+def test_max_request_memory_reaches_the_repository(own_checkpoint, tmp_path):
+    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path / "out"), "--parity-samples", "1",
+                       "--repository", str(tmp_path / "repository"), "--max-request-memory", "2GiB"])
+    assert status == 0
+    for name in (io_spec.GENERATOR_MODEL, io_spec.PIPELINE_MODEL):
+        config = text_format.Parse((tmp_path / "repository" / name / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert config.parameters[MAX_REQUEST_MEMORY].string_value == str(2 * 2 ** 30)
 
 
 def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from spade_deploy import cli
+from spade_deploy.model import memory
 from spade_deploy.model.checkpoint import load_encoder, load_generator, save_encoder, save_generator
 from spade_deploy.model.config import EncoderConfig, GeneratorConfig, generator_preset
 from spade_deploy.model.images import read_rgb, write_rgb
@@ -187,6 +188,15 @@ BAD_INPUTS: dict[str, tuple[Callable[[Workspace], list[str]], str]] = {
     "two maps, one output": (lambda ws: ade_args(ws, str(ws.ade_labels[0]), file_with(
         ws.root, "ade_0.png", lambda p: shutil.copy(ws.ade_labels[0], p))), r"would both be written to "
                                                                             r".*ade_0\.png; rename one"),
+    # The largest map decides: 32x96 (3072 px) needs less than 64x64 (4096 px).
+    "memory limit": (lambda ws: ade_args(ws, *map(str, ws.ade_labels[::-1])) + ["--memory-limit", "1MiB"],
+                     r"ade_0\.png: synthesizing this 64x64 label map needs about [\d.]+ MiB of memory \(estimate for "
+                     r"this generator\), above the limit of 1\.0 MiB \(--memory-limit\); use smaller label maps "
+                     r"\(split this one into tiles and synthesize them one by one\), or raise --memory-limit"),
+    "memory limit with a server": (lambda ws: ["--server", "127.0.0.1:1", "--labels", str(ws.ade_labels[0]),
+                                               "--memory-limit", "8GiB"],
+                                   r"--memory-limit bounds synthesis in this process; a server has its own "
+                                   r"per-request budget \(spade-deploy export --max-request-memory\)"),
 }
 
 
@@ -203,6 +213,24 @@ def test_bad_input_is_one_line_and_exit_status_2(workspace: Workspace, tmp_path:
     assert not (tmp_path / "out").exists()  # every input is checked before anything is written
 
 
+def test_default_memory_limit_is_a_share_of_the_available_memory(workspace: Workspace, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_generator(workspace.ade).config
+    im2col = not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    needed = memory.generator_bytes(config, 1, 64, 64, im2col=im2col)
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(needed / memory.DEFAULT_LIMIT_FRACTION) - 2 ** 20)
+    status = cli.main(["synthesize", *ade_args(workspace, str(workspace.ade_labels[0])), "--out", str(tmp_path / "a")])
+    assert status == 2 and not (tmp_path / "a").exists()
+    assert (f"above the limit of {memory.format_bytes(int(memory.available_bytes() * memory.DEFAULT_LIMIT_FRACTION))}"
+            f" (the default: 80% of the {memory.format_bytes(memory.available_bytes())} available now)"
+            in capsys.readouterr().err)
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(needed / memory.DEFAULT_LIMIT_FRACTION) + 2 ** 20)
+    assert cli.main(["synthesize", *ade_args(workspace, str(workspace.ade_labels[0])), "--out",
+                     str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "ade_0.png").is_file()
+
+
 def test_output_never_overwrites_an_input(workspace: Workspace, capsys: pytest.CaptureFixture) -> None:
     before = workspace.ade_labels[0].read_bytes()
     status = cli.main(["synthesize", *ade_args(workspace, str(workspace.ade_labels[0])), "--out",
@@ -217,6 +245,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
         cli.main(["synthesize", "--checkpoint", "g.pth"])
     assert exit_info.value.code == 2
     assert "the following arguments are required: --labels, --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["synthesize", "--labels", "a.png", "--out", "o", "--memory-limit", "lots"])
+    assert exit_info.value.code == 2
+    assert "argument --memory-limit: expected a memory size such as 8GiB" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0 and "synthesize" in capsys.readouterr().out

@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from spade_deploy.model import io_spec
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel
+from spade_deploy.model import io_spec, memory
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, ServedModel
 from spade_deploy.serve.repository import TEMPLATES, VARIANTS, write_repository
 from tests.fixtures.serving import Exported
 
@@ -84,6 +84,29 @@ def test_gpu_generator_uses_tensorrt_in_fp32_over_every_batch_size(exported_vae:
     assert accelerator.parameters["trt_profile_max_shapes"] == "label:4x64x64,instance:4x64x64,z:4x256"
 
 
+def served(path: Path) -> ServedModel:
+    return ServedModel.from_model_config(json_format.MessageToDict(parse(path), preserving_proto_field_name=True))
+
+
+def test_memory_budget_is_written_for_every_cpu_model(exported_vae: Exported, tmp_path: Path) -> None:
+    """Default: what max_batch_size label maps need; a smaller budget lowers the batch a request may carry."""
+    config = exported_vae.config
+    full = memory.generator_bytes(config, 4, 64, 64, runtime="onnxruntime")
+    paths = write_repository(tmp_path / "default", exported_vae.generator_onnx, exported_vae.encoder_onnx,
+                             max_batch_size=4)
+    assert len(paths) == 3
+    for path in paths:
+        assert parse(path).parameters[MAX_REQUEST_MEMORY].string_value == str(full)
+        assert (served(path).max_request_memory, served(path).max_batch_size) == (full, 4)
+    budget = memory.generator_bytes(config, 2, 64, 64, runtime="onnxruntime") + 1000
+    for path in write_repository(tmp_path / "small", exported_vae.generator_onnx, exported_vae.encoder_onnx,
+                                 max_batch_size=4, max_request_memory=budget):
+        assert parse(path).max_batch_size == 4  # Triton's own limit stays; the models refuse more than 2
+        assert (served(path).max_request_memory, served(path).max_batch_size) == (budget, 2)
+    for path in write_repository(tmp_path / "gpu", exported_vae.generator_onnx, variant="gpu"):
+        assert MAX_REQUEST_MEMORY not in parse(path).parameters and served(path).max_request_memory is None
+
+
 def test_rewriting_replaces_the_whole_repository(exported_vae: Exported, tmp_path: Path) -> None:
     repository = tmp_path / "repository"
     write_repository(repository, exported_vae.generator_onnx, exported_vae.encoder_onnx)
@@ -106,6 +129,14 @@ def test_refuses_what_cannot_be_served(exported_vae: Exported, exported_segmap: 
         write_repository(tmp_path / "d", tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="was not written by spade-deploy's generator export"):
         write_repository(tmp_path / "e", encoder)
+    one = memory.generator_bytes(exported_vae.config, 1, 64, 64, runtime="onnxruntime")
+    with pytest.raises(ValueError, match=rf"a max_request_memory of 1.0 MiB fits no request: one 64x64 label map "
+                                         rf"needs about {memory.format_bytes(one)} \(estimate\); give at least that"):
+        write_repository(tmp_path / "f", generator, max_request_memory=2 ** 20)
+    with pytest.raises(ValueError, match="max_request_memory applies to the cpu variant"):
+        write_repository(tmp_path / "g", generator, variant="gpu", max_request_memory=2 ** 40)
+    with pytest.raises(ValueError, match="max_request_memory must be a positive number of bytes, got '8GiB'"):
+        write_repository(tmp_path / "h", generator, max_request_memory="8GiB")
     foreign = tmp_path / "foreign"
     (foreign / "other_model").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"holds \['other_model'\], which are not spade models"):

@@ -2,8 +2,9 @@
 run in ONNX Runtime. spade_deploy.serve.repository copies this file to `<model>/1/model.py` beside `model.onnx`.
 
 Inputs, outputs and their dtypes come from this model's config.pbtxt (written from spade_deploy.model.io_spec); the
-model description (`spade_model` parameter) gives the label range to check. One response per request: a bad request gets
-an error response and the instance keeps serving.
+model description (`spade_model` parameter) gives the label range to check, and `max_request_memory` the memory one
+run may use. One response per request: a bad request (or one above the memory budget) gets an error response and the
+instance keeps serving.
 """
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from spade_deploy.export.runtime import make_session
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel, check_request
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel, check_request, runs_within_budget
 
 
 class TritonPythonModel:
@@ -27,7 +28,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        # Requests run as one ONNX batch when their items have the same shapes (styles may differ in size).
+        # Requests run as one ONNX batch when their items have the same shapes (styles may differ in size) and the
+        # batch stays within the memory budget (each request alone does: check_request).
         groups = {}
         for index, request in enumerate(requests):
             arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.model.inputs}
@@ -38,7 +40,7 @@ class TritonPythonModel:
                 continue
             key = tuple((name, array.shape[1:]) for name, array in arrays.items())
             groups.setdefault(key, []).append((index, arrays))
-        for members in groups.values():
+        for members in (run for group in groups.values() for run in runs_within_budget(group, self.model)):
             feed = {name: np.concatenate([arrays[name] for _, arrays in members]) for name in self.model.inputs}
             try:
                 results = self.session.run(list(self.outputs), feed)

@@ -13,6 +13,8 @@ Latent of a VAE model, per item i (the library's own functions, so a served seed
 - seed only:            z_i = sample_latent(1, z_dim, seed_i), as `sample_z(1, z_dim, seed_i)`;
 - neither:              as seed only, with a fresh random seed per item
 (`spade_deploy.model.sampling.style_or_seed_latent`, which the studio's in-process backends use too).
+A request whose estimated memory exceeds the repository's `max_request_memory` (its label maps, its style images) is
+refused before any call, and a dynamic batch of accepted requests goes to the generator in runs within that budget.
 No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast.
 """
 import json
@@ -23,7 +25,7 @@ import triton_python_backend_utils as pb_utils
 
 from spade_deploy.model import io_spec
 from spade_deploy.model.sampling import style_or_seed_latent
-from spade_deploy.serve.served_model import ServedModel, check_request
+from spade_deploy.serve.served_model import ServedModel, check_request, runs_within_budget
 
 
 class TritonPythonModel:
@@ -54,23 +56,25 @@ class TritonPythonModel:
                 responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
                 continue
             accepted.append((index, feed))
-        if not accepted:
-            return responses
-        # The dynamic batcher already gathered these requests: one generator call for all of them.
-        batch = {name: np.concatenate([feed[name] for _, feed in accepted]) for name in accepted[0][1]}
+        for run in runs_within_budget(accepted, self.model):
+            self._generate(run, responses)
+        return responses
+
+    def _generate(self, run, responses):
+        """One generator call for these accepted requests (the dynamic batcher gathered them)."""
+        batch = {name: np.concatenate([feed[name] for _, feed in run]) for name in run[0][1]}
         try:
             (images,) = _infer(io_spec.GENERATOR_MODEL, batch, [io_spec.IMAGE])
         except StageError as error:
-            for index, _ in accepted:
+            for index, _ in run:
                 responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
-            return responses
+            return
         start = 0
-        for index, feed in accepted:
+        for index, feed in run:
             stop = start + len(feed[io_spec.LABEL])
             responses[index] = pb_utils.InferenceResponse(
                 [pb_utils.Tensor(io_spec.IMAGE, images[start:stop].astype(self.image_dtype, copy=False))])
             start = stop
-        return responses
 
     def _latents(self, arrays):
         """`[n, z_dim]` float32 latents of one request (see the module docstring)."""
