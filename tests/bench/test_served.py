@@ -55,7 +55,8 @@ def test_server_statistics_count_exactly_the_timed_requests(served_result: dict[
         assert pipeline["requests"] == pipeline["items"] == 6
         # The pipeline forwards each batch it gathered as one generator request: fewer requests, the same items.
         assert 1 <= generator["requests"] <= 6 and generator["items"] == 6
-        assert generator["mean_batch"] == pytest.approx(6 / generator["requests"])
+        # The generator's own batcher may merge concurrent requests of the two pipeline instances into one execution.
+        assert 6 / generator["requests"] - 1e-9 <= generator["mean_batch"] <= 6
         assert pipeline["compute_ms"] > 0 and generator["compute_ms"] > 0 and pipeline["queue_ms"] >= 0
 
 
