@@ -126,6 +126,13 @@ class _Calls:
                                    f"same repository")
         self._described.add(index)
 
+    def _attempt_failed(self, attempts: "_Attempts", index: int, error: InferenceServerException, model: str) -> None:
+        """Record a failed attempt at address `index` for another try, or raise it when retrying cannot help."""
+        failure = self._error(error, model, self.urls[index])
+        if not isinstance(failure, ServerUnavailable):
+            raise failure from None
+        attempts.failed(index, error, failure)
+
     def _error(self, error: InferenceServerException, model: str, url: str) -> SpadeClientError:
         status, message = str(error.status() or ""), error.message() or str(error)
         if "DEADLINE_EXCEEDED" in status:
@@ -259,10 +266,7 @@ class SpadeClient(_Calls):
                 try:
                     result = request(index)
                 except InferenceServerException as error:
-                    failure = self._error(error, model, self.urls[index])
-                    if not isinstance(failure, ServerUnavailable):
-                        raise failure from None
-                    attempts.failed(index, error, failure)
+                    self._attempt_failed(attempts, index, error, model)
                 else:
                     self._current = index
                     return result
@@ -350,10 +354,7 @@ class AsyncSpadeClient(_Calls):
                 try:
                     result = await request(index)
                 except InferenceServerException as error:
-                    failure = self._error(error, model, self.urls[index])
-                    if not isinstance(failure, ServerUnavailable):
-                        raise failure from None
-                    attempts.failed(index, error, failure)
+                    self._attempt_failed(attempts, index, error, model)
                 else:
                     self._current = index
                     return result
