@@ -1,6 +1,8 @@
 """`spade-deploy export onnx|trt CKPT --out DIR` (also `python -m export.onnx` / `python -m export.trt` from the
 repository root): fold, export `DIR/generator.onnx` (and `DIR/encoder.onnx`), check parity against eager PyTorch,
-optionally write a Triton repository; `trt` then builds TensorRT engines where TensorRT and a CUDA GPU exist.
+optionally write a Triton repository; `trt` first builds TensorRT engines where TensorRT and a CUDA GPU exist, and its
+gpu repository serves them as `tensorrt_plan` models (where none could be built, it holds the portable ONNX Runtime +
+TensorRT-accelerator configs, and a line says so); `--max-batch` sets both the engines' profile and `max_batch_size`.
 
 Exit status: 0 on success, 1 when the parity check fails, 2 on bad input (missing file, wrong size, …); `trt
 --require-engine` exits 3 when engines cannot be built here. Without `--require-engine` the engine step is skipped
@@ -11,11 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from spade_deploy.cli.arguments import add_model_arguments, byte_size, positive_int, size_of
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE
+from spade_deploy.model import io_spec
 from spade_deploy.model.config import NUM_UPSAMPLINGS
-from spade_deploy.serve.repository import VARIANTS
+from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS
 
 EXIT_NO_ENGINE = 3
 ONNX_GRAPHS = ("sparse", "sparse-tensorrt", "dense")
@@ -32,15 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             description="Fold, export and check ONNX graphs (+ a Triton repository).")
     add_arguments(onnx, graphs=ONNX_GRAPHS, default_graph="sparse", default_variant="cpu")
     onnx.set_defaults(run=run_onnx)
-    trt = kinds.add_parser("trt", help="everything `onnx` does, then TensorRT engines",
-                           description="Everything `export onnx` does, then TensorRT engines for the generator (and "
-                                       "encoder) where TensorRT and a CUDA GPU exist.")
+    trt = kinds.add_parser("trt", help="everything `onnx` does, with TensorRT engines",
+                           description="Everything `export onnx` does, with TensorRT engines for the generator (and "
+                                       "encoder) where TensorRT and a CUDA GPU exist, served by the gpu repository.")
     add_arguments(trt, graphs=TRT_GRAPHS, default_graph="dense", default_variant="gpu")
     precision = trt.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="fp16", action="store_true", default=True,
                            help="FP16 engine, normalisation-sensitive layers in FP32 (default)")
     precision.add_argument("--fp32", dest="fp16", action="store_false", help="FP32 engine")
-    trt.add_argument("--max-batch", type=positive_int, default=8, help="largest batch of the optimisation profile")
+    trt.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
+                     help="largest batch of the optimisation profile, and the repository's max_batch_size")
     trt.add_argument("--require-engine", action="store_true",
                      help="fail (exit 3) when TensorRT or a CUDA GPU is missing instead of skipping the engines")
     trt.set_defaults(run=run_trt)
@@ -77,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    export(args)
+    exported = export(args)
+    if args.repository:
+        _repository(args, exported)
     return 0
 
 
@@ -91,23 +98,32 @@ def run_trt(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_NO_ENGINE
     exported = export(args)
+    engines: dict[str, Path] = {}
     if reason:
         print(f"TensorRT engine step skipped: {reason}. The ONNX files in {args.out} are ready for it.",
               file=sys.stderr)
-        return 0
-    options = EngineOptions(fp16=args.fp16, max_batch=args.max_batch)
-    for onnx_path in (exported.generator_onnx, exported.encoder_onnx):
-        if onnx_path is not None:
-            with step(f"building the TensorRT engine for {onnx_path.name} ({'fp16' if options.fp16 else 'fp32'})"):
-                build_engine(onnx_path, onnx_path.with_suffix(".plan"), options)
-            print(f"wrote {onnx_path.with_suffix('.plan')}")
+    else:
+        options = EngineOptions(fp16=args.fp16, max_batch=args.max_batch)
+        for name, onnx_path in ((io_spec.GENERATOR_MODEL, exported.generator_onnx),
+                                (io_spec.ENCODER_MODEL, exported.encoder_onnx)):
+            if onnx_path is not None:
+                engine = onnx_path.with_suffix(".plan")
+                with step(f"building the TensorRT engine for {onnx_path.name} ({'fp16' if options.fp16 else 'fp32'})"):
+                    build_engine(onnx_path, engine, options)
+                print(f"wrote {engine}")
+                engines[name] = engine
+    if args.repository:
+        if args.variant == "gpu" and not engines:
+            print(f"The gpu repository serves the ONNX graphs (ONNX Runtime + TensorRT accelerator, the portable "
+                  f"configs), not tensorrt_plan models: {reason}.", file=sys.stderr)
+        _repository(args, exported, max_batch_size=args.max_batch,
+                    engines=engines if args.variant == "gpu" else None)
     return 0
 
 
 def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exported
-    """The ONNX export of the parsed arguments, then the Triton repository if one was asked for."""
-    from spade_deploy.export.pipeline import export_onnx, step
-    from spade_deploy.serve.repository import write_repository
+    """The ONNX export of the parsed arguments."""
+    from spade_deploy.export.pipeline import export_onnx
 
     size = size_of(args)
     height, width = size if size else (None, None)
@@ -120,9 +136,15 @@ def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exporte
     for path in (exported.generator_onnx, exported.encoder_onnx):
         if path is not None:
             print(f"wrote {path}")
-    if args.repository:
-        with step(f"writing the Triton model repository ({args.variant})"):
-            write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx, variant=args.variant,
-                             max_request_memory=args.max_request_memory)
-        print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")
     return exported
+
+
+def _repository(args: argparse.Namespace, exported, **options: Any) -> None:
+    """The Triton repository of `--repository` for an export; `options` go to `serve.repository.write_repository`."""
+    from spade_deploy.export.pipeline import step
+    from spade_deploy.serve import repository
+
+    with step(f"writing the Triton model repository ({args.variant})"):
+        repository.write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx,
+                                    variant=args.variant, max_request_memory=args.max_request_memory, **options)
+    print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")

@@ -60,7 +60,7 @@ class DeployEncoder(nn.Module):
         self.core = core
 
     def forward(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = style.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        image = style.float().permute(0, 3, 1, 2) / 127.5 - 1.0  # cast first: TensorRT transposes no uint8
         return self.core(image)
 
 

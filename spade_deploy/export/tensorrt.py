@@ -5,6 +5,13 @@ run on the development and CI machines (no GPU, TensorRT not installable there);
 FP16 builds keep the normalisation-sensitive layers in FP32: instance normalisation (its variance loses precision in
 half), the last conv and the tanh (they decide the 8-bit output). TensorRT 11 drops the weakly-typed FP16 flag this
 relies on, hence the `tensorrt<11` pin of the `gpu` extra.
+
+Every engine is written with `<engine>.json` beside it: how it was built and its optimisation profile, which a Triton
+repository serving it must follow (`spade_deploy.serve.repository` reads it; this module imports neither torch nor
+TensorRT at import time). The contract's uint8 tensors (`label`, `style`, `image`) stay engine bindings, which
+Triton's TensorRT backend binds as TYPE_UINT8: TensorRT (8.5 and later) takes uint8 at the network's edges only, so a
+graph must cast a uint8 input before any other op and make a uint8 output by a cast; its ONNX parser refuses a uint8
+tensor inside the network.
 """
 from __future__ import annotations
 
@@ -60,7 +67,7 @@ def fp32_node_names(onnx_path: Path) -> set[str]:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> dict[str, Any]:
-    """Build and write `engine_path` (atomically) plus `<engine>.json` metadata; returns the metadata."""
+    """Build and write `engine_path` plus its metadata (`write_engine`); returns the metadata."""
     reason = unavailable_reason()
     if reason:
         raise EngineUnavailable(reason)
@@ -78,10 +85,8 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        minimum, optimum, maximum = _profile_shapes(list(tensor.shape), options.max_batch)
-        profile.set_shape(tensor.name, minimum, optimum, maximum)
+    for name, (minimum, optimum, maximum) in engine_profile(onnx_path, options.max_batch).items():
+        profile.set_shape(name, minimum, optimum, maximum)
     config.add_optimization_profile(profile)
 
     if options.fp16:
@@ -100,12 +105,42 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    _write_atomically(engine_path, bytes(serialized))
-    metadata = {"tensorrt_version": trt.__version__, "gpu": torch.cuda.get_device_name(0),
-                "precision": "fp16 (norm/last conv/tanh fp32)" if options.fp16 else "fp32",
-                "max_batch": options.max_batch, "onnx": onnx_path.name}
-    _write_atomically(engine_path.with_suffix(engine_path.suffix + ".json"),
-                      json.dumps(metadata, indent=2).encode())
+    return write_engine(engine_path, bytes(serialized), onnx_path, options, tensorrt_version=trt.__version__,
+                        gpu=torch.cuda.get_device_name(0))
+
+
+def engine_profile(onnx_path: Path, max_batch: int) -> dict[str, list[list[int]]]:
+    """The optimisation profile of an engine built from `onnx_path`: per input, its [min, opt, max] shapes (batch
+    first), read from the graph's input shapes (`-1` = dynamic, as TensorRT sees them)."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {tensor.name: list(_profile_shapes([dim.dim_value if dim.HasField("dim_value") else -1
+                                               for dim in tensor.type.tensor_type.shape.dim], max_batch))
+            for tensor in graph.input}
+
+
+def write_engine(engine_path: Path, serialized: bytes, onnx_path: Path, options: EngineOptions,
+                 **facts: Any) -> dict[str, Any]:
+    """Write the engine and its metadata `<engine>.json` (atomically, each): the options and optimisation profile it
+    was built with, and `facts` about the build (TensorRT version, GPU). Returns the metadata."""
+    metadata = {**facts, "precision": "fp16 (norm/last conv/tanh fp32)" if options.fp16 else "fp32",
+                "max_batch": options.max_batch, "onnx": onnx_path.name,
+                "profile": engine_profile(onnx_path, options.max_batch)}
+    _write_atomically(engine_path, serialized)
+    _write_atomically(_metadata_path(engine_path), json.dumps(metadata, indent=2).encode())
+    return metadata
+
+
+def read_engine_metadata(engine_path: Path) -> dict[str, Any]:
+    """The metadata `write_engine` put beside `engine_path`; a ValueError naming the file when it is missing."""
+    path = _metadata_path(engine_path)
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"no readable metadata for the engine {engine_path} ({error}); `spade-deploy export trt` "
+                         f"writes it beside the engine") from error
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("profile"), dict):
+        raise ValueError(f"{path} does not give the engine's optimisation profile; rebuild the engine with "
+                         f"`spade-deploy export trt`")
     return metadata
 
 
@@ -116,6 +151,10 @@ def _profile_shapes(shape: list[int], max_batch: int) -> tuple[list[int], list[i
     optimum = [max_batch] + [dim if dim >= 0 else typical for dim in shape[1:]]
     maximum = [max_batch] + [dim if dim >= 0 else high for dim in shape[1:]]
     return minimum, optimum, maximum
+
+
+def _metadata_path(engine_path: Path) -> Path:
+    return engine_path.with_suffix(engine_path.suffix + ".json")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -27,7 +27,8 @@ def rgb_to_tensor(images: ArrayLike) -> torch.Tensor:
 
 def to_uint8_image(image: torch.Tensor) -> torch.Tensor:
     """float `[N, 3, H, W]` in [-1, 1] -> uint8 `[N, H, W, 3]`: `round((x + 1) * 127.5)` clamped to 0..255."""
-    return torch.round((image + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    # Cast last: TensorRT takes uint8 only at a network's edges, not as the input of another layer (a Transpose).
+    return torch.round((image + 1.0) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
 
 
 def tensor_to_rgb(images: torch.Tensor) -> np.ndarray:

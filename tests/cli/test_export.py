@@ -15,8 +15,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from spade_deploy import cli
-from spade_deploy.cli.export import EXIT_NO_ENGINE
-from spade_deploy.export.tensorrt import EngineOptions, build_engine, fp32_node_names, unavailable_reason
+from spade_deploy.cli.export import EXIT_NO_ENGINE, TRT_GRAPHS
+from spade_deploy.export import tensorrt
+from spade_deploy.export.onnx import export_encoder_onnx, export_generator_onnx
+from spade_deploy.export.tensorrt import (EngineOptions, build_engine, fp32_node_names, read_engine_metadata,
+                                          unavailable_reason, write_engine)
 from spade_deploy.model import io_spec
 from spade_deploy.model.checkpoint import save_generator
 from spade_deploy.model.config import EncoderConfig, GeneratorConfig
@@ -35,6 +38,11 @@ ROOT = Path(__file__).parents[2]
 TRITON_MODELS = ROOT / "spade_deploy" / "serve" / "triton_models"
 OFFICIAL_CONFIG = GeneratorConfig(preset="coco", label_nc=9, contain_dontcare_label=True, use_instance=True, ngf=8,
                                   use_vae=True, norm="syncbatch", crop_size=64)
+
+
+def parse(path: Path) -> model_config_pb2.ModelConfig:
+    """A written config.pbtxt, read with Triton's own model-config schema."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ def test_export_writes_the_triton_repository(official_run):
                  io_spec.PIPELINE_MODEL: io_spec.pipeline_io(OFFICIAL_CONFIG, 64, 64, has_encoder=True)}
     graphs = {io_spec.GENERATOR_MODEL: out / "generator.onnx", io_spec.ENCODER_MODEL: out / "encoder.onnx"}
     for name, contract in contracts.items():
-        config = text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        config = parse(repository / name / "config.pbtxt")
         assert config.name == name and config.backend == "python"
         assert [(tensor.name, list(tensor.dims)) for tensor in config.input] == \
             [(spec.name, list(spec.dims)) for spec in contract.inputs]
@@ -165,19 +173,73 @@ def test_max_request_memory_reaches_the_repository(own_checkpoint, tmp_path):
                        "--repository", str(tmp_path / "repository"), "--max-request-memory", "2GiB"])
     assert status == 0
     for name in (io_spec.GENERATOR_MODEL, io_spec.PIPELINE_MODEL):
-        config = text_format.Parse((tmp_path / "repository" / name / "config.pbtxt").read_text(),
-                                   model_config_pb2.ModelConfig())
+        config = parse(tmp_path / "repository" / name / "config.pbtxt")
         assert config.parameters[MAX_REQUEST_MEMORY].string_value == str(2 * 2 ** 30)
 
 
 def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):
-    if unavailable_reason() is None:
+    """Where engines cannot be built: the ONNX files, and a gpu repository of the portable configs (ONNX Runtime +
+    TensorRT accelerator, batches up to --max-batch), each with the reason."""
+    reason = unavailable_reason()
+    if reason is None:
         pytest.skip("TensorRT and a GPU are present: the skip path does not apply")
-    status = cli.main(["export", "trt", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1"])
+    repository = tmp_path / "repository"
+    status = cli.main(["export", "trt", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1",
+                       "--repository", str(repository), "--max-batch", "4"])
     err = capsys.readouterr().err
     assert status == 0
-    assert f"TensorRT engine step skipped: {unavailable_reason()}" in err
+    assert f"TensorRT engine step skipped: {reason}" in err
+    assert (f"The gpu repository serves the ONNX graphs (ONNX Runtime + TensorRT accelerator, the portable configs), "
+            f"not tensorrt_plan models: {reason}.") in err
     assert (tmp_path / "generator.onnx").is_file() and not (tmp_path / "generator.plan").exists()
+    config = parse(repository / io_spec.GENERATOR_MODEL / "config.pbtxt")
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert (config.backend, config.max_batch_size, accelerator.name) == ("onnxruntime", 4, "tensorrt")
+    assert accelerator.parameters["trt_profile_max_shapes"] == "label:4x64x64"
+    assert [entry.name for entry in (repository / io_spec.GENERATOR_MODEL / "1").iterdir()] == ["model.onnx"]
+
+
+def test_trt_repository_serves_the_engines_it_built(official_run, tmp_path, monkeypatch):
+    """With engines built (faked: building one needs TensorRT and a GPU), the gpu repository serves them as
+    tensorrt_plan models, --max-batch being both the engines' profile and max_batch_size."""
+    def fake_build(onnx_path, engine_path, options):
+        return write_engine(engine_path, f"engine of {onnx_path.name}".encode(), onnx_path, options)
+
+    monkeypatch.setattr(tensorrt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(tensorrt, "build_engine", fake_build)
+    directory, out, repository = official_run[3].parent, tmp_path / "out", tmp_path / "repository"
+    status = cli.main(["export", "trt", str(directory / "latest_net_G.pth"), "--encoder",
+                       str(directory / "latest_net_E.pth"), "--out", str(out), "--parity-samples", "1",
+                       "--repository", str(repository), "--max-batch", "2"])
+    assert status == 0
+    for name, engine in ((io_spec.GENERATOR_MODEL, out / "generator.plan"), (io_spec.ENCODER_MODEL,
+                                                                             out / "encoder.plan")):
+        config = parse(repository / name / "config.pbtxt")
+        assert (config.platform, config.max_batch_size) == ("tensorrt_plan", 2)
+        assert (repository / name / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert parse(repository / io_spec.PIPELINE_MODEL / "config.pbtxt").max_batch_size == 2
+    assert read_engine_metadata(out / "encoder.plan")["profile"] == {
+        io_spec.STYLE: [[1, 32, 32, 3], [2, 256, 256, 3], [2, 1024, 1024, 3]]}
+
+
+def uint8_inside(onnx_path: Path) -> list[str]:
+    """The nodes that make a uint8 tensor which is not a graph output: TensorRT takes uint8 only as a network input
+    or output, and its ONNX parser refuses such a node ("UINT8 types for intermediate tensors")."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path))).graph
+    types = {value.name: value.type.tensor_type.elem_type for value in (*graph.value_info, *graph.output)}
+    outputs = {output.name for output in graph.output}
+    return [f"{node.op_type} {node.name}" for node in graph.node
+            if any(types.get(name) == onnx.TensorProto.UINT8 and name not in outputs for name in node.output)]
+
+
+def test_trt_graphs_keep_uint8_at_the_network_edges(tmp_path):
+    """The uint8 label, style and image can be engine bindings only if each graph casts a uint8 input first and
+    casts to uint8 last."""
+    config = GeneratorConfig(label_nc=4, ngf=8, use_vae=True, use_instance=True, crop_size=64)
+    paths = [export_generator_onnx(random_generator(config), tmp_path / f"{graph}.onnx", graph=graph)
+             for graph in TRT_GRAPHS]
+    paths.append(export_encoder_onnx(random_encoder(EncoderConfig(ngf=8)), tmp_path / "encoder.onnx"))
+    assert {path.name: uint8_inside(path) for path in paths} == {path.name: [] for path in paths}
 
 
 @pytest.mark.parametrize("exporter, argv, graph", [
@@ -244,8 +306,10 @@ def test_module_entry_points_run_from_the_repository_root(own_checkpoint, tmp_pa
     result = run("export.onnx", str(own_checkpoint), "--out", str(tmp_path / "onnx"), "--parity-samples", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "onnx" / "generator.onnx").is_file() and "max |Δ|" in result.stdout
-    result = run("export.trt", str(own_checkpoint), "--out", str(tmp_path / "trt"), "--parity-samples", "1")
+    result = run("export.trt", str(own_checkpoint), "--out", str(tmp_path / "trt"), "--parity-samples", "1",
+                 "--repository", str(tmp_path / "repository"))
     assert result.returncode == 0 and (tmp_path / "trt" / "generator.onnx").is_file(), result.stderr
+    assert (tmp_path / "repository" / io_spec.GENERATOR_MODEL / "config.pbtxt").is_file()
     if unavailable_reason() is not None:  # where engines cannot be built: skipped with the reason, or exit 3
         assert f"TensorRT engine step skipped: {unavailable_reason()}" in result.stderr
         result = run("export.trt", str(own_checkpoint), "--out", str(tmp_path / "trt"), "--require-engine")

@@ -1,5 +1,6 @@
 """spade_deploy.serve.repository: every written config.pbtxt parses with Triton's own model-config schema and says what
-spade_deploy.model.io_spec says; the repository is replaced whole; impossible requests are refused."""
+spade_deploy.model.io_spec says; TensorRT engines (fake plan files here) become tensorrt_plan models whose batch range
+is the engines' own; the repository is replaced whole; impossible requests are refused."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from spade_deploy.export import tensorrt
+from spade_deploy.export.tensorrt import EngineOptions, write_engine
 from spade_deploy.model import io_spec, memory
 from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, ServedModel
 from spade_deploy.serve.repository import TEMPLATES, VARIANTS, write_repository
@@ -142,3 +145,80 @@ def test_refuses_what_cannot_be_served(exported_vae: Exported, exported_segmap: 
     with pytest.raises(ValueError, match=r"holds \['other_model'\], which are not spade models"):
         write_repository(foreign, generator)
     assert sorted(entry.name for entry in foreign.iterdir()) == ["other_model"]
+
+
+def fake_engine(path: Path, onnx_path: Path, max_batch: int) -> Path:
+    """An engine file as `export trt` leaves it (bytes + its metadata), without TensorRT: the repository copies it."""
+    write_engine(path, b"not a real engine: " + path.name.encode(), onnx_path, EngineOptions(max_batch=max_batch))
+    return path
+
+
+def test_gpu_repository_serves_engines_as_tensorrt_plan_models(exported_vae: Exported, tmp_path: Path) -> None:
+    """Engines become tensorrt_plan models with the contract's tensors, their profile's batch range as
+    max_batch_size, and the plan itself as model.plan; the pipeline stays as it is."""
+    config = exported_vae.config
+    engines = {io_spec.GENERATOR_MODEL: fake_engine(tmp_path / "generator.plan", exported_vae.generator_onnx, 4),
+               io_spec.ENCODER_MODEL: fake_engine(tmp_path / "encoder.plan", exported_vae.encoder_onnx, 4)}
+    paths = write_repository(tmp_path / "repository", exported_vae.generator_onnx, exported_vae.encoder_onnx,
+                             variant="gpu", instances=3, engines=engines)
+    contract = {io_spec.GENERATOR_MODEL: io_spec.generator_io(config, 64, 64),
+                io_spec.ENCODER_MODEL: io_spec.encoder_io()}
+    for path in paths:
+        parsed = parse(path)
+        assert parsed.max_batch_size == 4  # from the engines' profile: batches 1..4
+        if parsed.name == io_spec.PIPELINE_MODEL:
+            assert parsed.backend == "python"
+            continue
+        model_io = contract[parsed.name]
+        assert (parsed.platform, parsed.backend, parsed.default_model_filename) == ("tensorrt_plan", "", "model.plan")
+        assert specs(parsed.input) == expected(model_io, "inputs")
+        assert specs(parsed.output) == expected(model_io, "outputs")
+        assert [(group.count, group.kind) for group in parsed.instance_group] == [(3, mc.ModelInstanceGroup.KIND_GPU)]
+        assert parsed.HasField("dynamic_batching") and not parsed.optimization.execution_accelerators.ListFields()
+        (warmup,) = parsed.model_warmup
+        assert {name: list(sample.dims) for name, sample in warmup.inputs.items()} == \
+            {spec.name: [256 if dim < 0 else dim for dim in spec.dims] for spec in model_io.inputs}
+        assert [entry.name for entry in (path.parent / "1").iterdir()] == ["model.plan"]
+        assert (path.parent / "1" / "model.plan").read_bytes() == engines[parsed.name].read_bytes()
+
+    # A model without an engine keeps the portable onnxruntime config.
+    write_repository(tmp_path / "mixed", exported_vae.generator_onnx, exported_vae.encoder_onnx, variant="gpu",
+                     engines={io_spec.GENERATOR_MODEL: engines[io_spec.GENERATOR_MODEL]})
+    assert parse(tmp_path / "mixed" / io_spec.GENERATOR_MODEL / "config.pbtxt").platform == "tensorrt_plan"
+    encoder = parse(tmp_path / "mixed" / io_spec.ENCODER_MODEL / "config.pbtxt")
+    assert (encoder.backend, encoder.max_batch_size) == ("onnxruntime", 4)
+
+
+def test_engines_that_contradict_the_repository_are_refused(exported_vae: Exported, exported_segmap: Exported,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator, encoder = exported_vae.generator_onnx, exported_vae.encoder_onnx
+    engine = fake_engine(tmp_path / "generator.plan", generator, 4)
+    with pytest.raises(ValueError, match=r"max_batch_size=8 contradicts the TensorRT engines, whose optimisation "
+                                         r"profile covers batches 1\.\.4: leave max_batch_size out \(or give 4\), or "
+                                         r"rebuild the engines with --max-batch 8"):
+        write_repository(tmp_path / "a", generator, variant="gpu", max_batch_size=8,
+                         engines={io_spec.GENERATOR_MODEL: engine})
+    with pytest.raises(ValueError, match="TensorRT engines are served by the gpu variant"):
+        write_repository(tmp_path / "b", generator, engines={io_spec.GENERATOR_MODEL: engine})
+    with pytest.raises(ValueError, match=r"end at different batches \({'spade_generator': 4, 'spade_encoder': 2}\)"):
+        write_repository(tmp_path / "c", generator, encoder, variant="gpu", engines={
+            io_spec.GENERATOR_MODEL: engine, io_spec.ENCODER_MODEL: fake_engine(tmp_path / "e.plan", encoder, 2)})
+    with pytest.raises(ValueError, match=r"engines for \['spade_encoder'\], .* needs the encoder's ONNX too"):
+        write_repository(tmp_path / "d", generator, variant="gpu", engines={io_spec.ENCODER_MODEL: engine})
+    segmap = fake_engine(tmp_path / "segmap.plan", exported_segmap.generator_onnx, 4)
+    with pytest.raises(ValueError, match=r"takes \['label'\], but spade_generator takes \['instance', 'label', 'z'\]: "
+                                         r"it was built from another graph"):
+        write_repository(tmp_path / "e", generator, variant="gpu", engines={io_spec.GENERATOR_MODEL: segmap})
+    # The zero 256x256 style of the encoder's warmup must lie in the engine's profile (STYLE_SIDE_RANGE).
+    monkeypatch.setattr(tensorrt, "STYLE_SIDE_RANGE", (32, 128, 128))
+    small = fake_engine(tmp_path / "small.plan", encoder, 4)
+    with pytest.raises(ValueError, match=r"takes style from \[1, 32, 32, 3\] to \[4, 128, 128, 3\], not the "
+                                         r"\[1, 256, 256, 3\] that spade_encoder is warmed up with"):
+        write_repository(tmp_path / "f", generator, encoder, variant="gpu", engines={io_spec.ENCODER_MODEL: small})
+    with pytest.raises(ValueError, match="no such TensorRT engine"):
+        write_repository(tmp_path / "g", generator, variant="gpu", engines={io_spec.GENERATOR_MODEL: tmp_path / "x"})
+    bare = tmp_path / "bare.plan"
+    bare.write_bytes(b"an engine without its metadata")
+    with pytest.raises(ValueError, match="no readable metadata for the engine .*bare.plan"):
+        write_repository(tmp_path / "h", generator, variant="gpu", engines={io_spec.GENERATOR_MODEL: bare})
+    assert not any((tmp_path / name).exists() for name in "abcdefgh")
