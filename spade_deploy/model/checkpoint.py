@@ -25,6 +25,7 @@ StateDict = Mapping[str, torch.Tensor]
 
 # semantic_nc of the official presets, to recognise an official checkpoint that comes without opt.txt or a preset.
 _PRESET_BY_SEMANTIC_NC = {151: "ade20k", 184: "coco", 36: "cityscapes"}
+_PRESET_SIZE_FIELDS = ("crop_size", "aspect_ratio")  # what a preset only suggests: the weights of a VAE decide
 
 
 class CheckpointError(ValueError):
@@ -234,8 +235,12 @@ def infer_generator_config(state: StateDict, *, preset: str | None = None, opt: 
     """The config of an official generator state dict. Weights decide what they determine; `preset`, then `opt.txt`
     options, then `overrides` decide the rest, and contradicting the weights is a `CheckpointError`."""
     given: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     if preset is not None:
-        given.update(preset_fields(preset), preset=preset)
+        layout = preset_fields(preset)
+        # The preset's size is a default: a VAE's weights fix its latent grid, and so its size.
+        defaults.update((name, layout.pop(name)) for name in _PRESET_SIZE_FIELDS if name in layout)
+        given.update(layout, preset=preset)
     given.update(_generator_fields_from_opt(opt or {}))
     given.update(overrides)
 
@@ -276,7 +281,6 @@ def infer_generator_config(state: StateDict, *, preset: str | None = None, opt: 
         if name in given and given[name] != value:
             raise CheckpointError(f"{name}={given[name]!r} contradicts the weights, which give {name}={value!r}")
 
-    defaults: dict[str, Any] = {}
     if "label_nc" not in given and "preset" not in given and semantic_nc in _PRESET_BY_SEMANTIC_NC:
         guess = _PRESET_BY_SEMANTIC_NC[semantic_nc]
         warnings.warn(f"no preset or opt.txt given; {semantic_nc} input channels match the official {guess!r} "
@@ -307,8 +311,9 @@ def _vae_grid(cells: int, given: dict[str, Any], fields: dict[str, Any]) -> dict
     pairs = [(cells // width, width) for width in range(1, cells + 1) if cells % width == 0]  # (sh, sw)
     if "aspect_ratio" in given:
         pairs = [(h, w) for h, w in pairs if round(w / given["aspect_ratio"]) == h]
-    else:
-        pairs = sorted((p for p in pairs if p[1] >= p[0]), key=lambda p: p[1] / p[0])[:1]  # closest to square
+    else:  # the default aspect ratio (a preset's) where the grid allows it, else the grid closest to square
+        pairs = ([(h, w) for h, w in pairs if round(w / fields.get("aspect_ratio", 1.0)) == h]
+                 or sorted((p for p in pairs if p[1] >= p[0]), key=lambda p: p[1] / p[0]))[:1]
     if not pairs:
         raise CheckpointError(f"aspect_ratio={given['aspect_ratio']} contradicts the weights: the VAE fc has "
                               f"{cells} latent positions, which no grid of that aspect ratio has")

@@ -97,6 +97,18 @@ def test_vae_latent_grid_gives_size_and_aspect(tmp_path: Path) -> None:
     assert (tall.latent_height, tall.latent_width, tall.image_size) == (2, 1, (64, 32))
 
 
+def test_preset_size_gives_way_to_the_vae_grid(tmp_path: Path) -> None:
+    """A preset's size is a default: a VAE's fc fixes its latent grid, so a 64 px ADE20K-layout VAE loads with
+    preset="ade20k" at 64 px; where the grid allows the preset's aspect ratio (Cityscapes 2:1), it is taken."""
+    _, path = tiny_official(tmp_path / "ade", use_vae=True, label_nc=150, contain_dontcare_label=True)
+    config = load_generator(path, preset="ade20k").config
+    assert (config.preset, config.image_size, config.num_upsampling_layers) == ("ade20k", (64, 64), "normal")
+    _, path = tiny_official(tmp_path / "city", use_vae=True, label_nc=35, use_instance=True, crop_size=128,
+                            aspect_ratio=2.0, num_upsampling_layers="more")  # a 1x2 grid
+    config = load_generator(path, preset="cityscapes").config
+    assert (config.image_size, config.num_upsampling_layers) == ((64, 128), "more")
+
+
 def test_most_instance_norm_and_encoder_depth_come_from_the_tensors(tmp_path: Path) -> None:
     _, path = tiny_official(tmp_path / "g", crop_size=128, num_upsampling_layers="most", norm="instance")
     config = load_generator(path).config
