@@ -114,11 +114,11 @@ import json
 import sys
 from pathlib import Path
 
-from spade_deploy.bench.inprocess import float64_outputs, graph_feeds, quality
+from spade_deploy.bench.inprocess import float64_outputs, graph_feeds
 from spade_deploy.bench.runtimes import FP16, Subject, cuda_runner, eager_runner, tensorrt_engine_runner, \
     tensorrt_fp32_precision
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.export.parity import check, compare, format_table
+from spade_deploy.export.parity import check, compare, format_table, quality
 from spade_deploy.model.checkpoint import load_generator
 
 checkpoint, export, export_fp32, out = (Path(arg) for arg in sys.argv[1:])
@@ -177,7 +177,7 @@ elif "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then
         cp "$work/export/generator.plan.json" "$results/engine-fp16.json"
     fi
     if stage export-fp32 "$PYTHON" -m export.trt "$checkpoint" --out "$work/export-fp32" \
-        --fp32 --require-engine --parity-samples 1; then
+        --precision fp32 --require-engine --parity-samples 1; then
         cp "$work/export-fp32/generator.plan.json" "$results/engine-fp32.json"
     fi
 else

@@ -12,8 +12,9 @@ close to the slowest call.
 
 Quality, the worst over every call (warm-up included): max |Δ| of `image_float` against eager PyTorch (float32) on
 the same inputs, and against the same model in float64 (computed once per input), max |Δ|, PSNR and the share of
-8-bit pixels within 1 and 2 levels. float64 is the reference, not eager float32, whose own rounding is no truth:
-reduced precision (bf16, fp16) is measured against what the model computes, and eager float32's row shows the floor.
+8-bit pixels within 1 and 2 levels (`spade_deploy.export.parity.quality`, as every export reports it). float64 is
+the reference, not eager float32, whose own rounding is no truth: reduced precision (bf16, fp16) is measured against
+what the model computes, and eager float32's row shows the floor.
 
 Peak memory: what building the runtime added to the resident set (weights, graph, compiled kernels), plus the most
 one of its calls at this batch added at its peak above the resident set before the call (activations, arena growth);
@@ -38,18 +39,17 @@ from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_mac
                                         reset_peak_resident, resident_mb)
 from spade_deploy.bench.runtimes import RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.export.onnx import export_generator_onnx
-from spade_deploy.export.parity import float64_copy
+from spade_deploy.export.parity import Quality, float64_copy, quality
 from spade_deploy.export.pipeline import step
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.labels import check_label_size
 from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.synthetic import random_generator, synthetic_batch
-from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_input, to_uint8_image
+from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_input
 
 FORMAT_VERSION = 2  # 2: rows carry their precision and their quality against the float64 model
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
-PEAK_TO_PEAK = 2.0  # image_float spans [-1, 1]: PSNR on that scale is PSNR on the 8-bit scale before rounding
 
 
 @dataclass(frozen=True)
@@ -77,36 +77,6 @@ class Timing:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q))
-
-
-@dataclass(frozen=True)
-class Quality:
-    """An output `image_float` against the float64 model's on the same inputs."""
-    max_abs_diff: float
-    psnr_db: float | None  # 10·log10(PEAK_TO_PEAK² / MSE); None where the outputs are identical
-    within_1_level: float  # share of 8-bit pixels (all three channels) within 1 level of the float64 model's
-    within_2_levels: float
-
-    def worse(self, other: Quality) -> Quality:
-        """The worst of both, measure by measure."""
-        psnrs = [value for value in (self.psnr_db, other.psnr_db) if value is not None]
-        return Quality(max(self.max_abs_diff, other.max_abs_diff), min(psnrs) if psnrs else None,
-                       min(self.within_1_level, other.within_1_level),
-                       min(self.within_2_levels, other.within_2_levels))
-
-
-def quality(output: np.ndarray, reference: np.ndarray) -> Quality:
-    """`output` (image_float `[N, 3, H, W]`) against `reference` (the float64 model's), in float64; 8-bit pixels
-    as the deployment's `image` output rounds them (`to_uint8_image`)."""
-    output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
-    delta = output - reference
-    mse = float(np.mean(delta ** 2))
-    levels = np.abs(to_uint8_image(torch.from_numpy(output)).int() - to_uint8_image(torch.from_numpy(reference)).int())
-    worst_channel = levels.amax(dim=-1)  # [N, H, W]: a pixel is as far as its furthest channel
-    return Quality(max_abs_diff=float(np.abs(delta).max()),
-                   psnr_db=10 * float(np.log10(PEAK_TO_PEAK ** 2 / mse)) if mse > 0 else None,
-                   within_1_level=float((worst_channel <= 1).float().mean()),
-                   within_2_levels=float((worst_channel <= 2).float().mean()))
 
 
 @dataclass

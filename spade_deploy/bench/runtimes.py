@@ -5,7 +5,9 @@ A runner maps the deployment graph's inputs (`io_spec` names and wire dtypes: ui
 (+ float32 `z`)) to `image_float` `[N, 3, H, W]` float32, so every runtime is timed on the same inputs and compared
 with the same references; it also names the precision it computes in. Where the runtime chooses the precision itself
 (OpenVINO runs bf16 on CPUs with bf16 hardware unless it is pinned to f32), the runner reports what the compiled model
-says it chose, not what was asked for. Every CPU runtime is capped at `Subject.threads` intra-op threads.
+says it chose, not what was asked for. Every CPU runtime is capped at `Subject.threads` intra-op threads. Precision
+names, the CPU-flag rule of `fast` and the OpenVINO session are the export stage's (`spade_deploy.export.precision`,
+`spade_deploy.export.runtime`): `fast` runs what `spade-deploy export onnx --precision bf16` writes on this CPU.
 
 Adding a runtime takes a build function and one `register` call; it can run every deployment graph of
 `spade_deploy.export.metadata.GRAPHS`. The boundary-sparse graph of `spade_deploy.export.sparse` is registered this
@@ -14,7 +16,6 @@ way (`sparse-*`).
 from __future__ import annotations
 
 import copy
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,18 +26,14 @@ import torch
 
 from spade_deploy.export.graphs import generator_graph
 from spade_deploy.export.metadata import GRAPHS
-from spade_deploy.export.runtime import make_session
+from spade_deploy.export.precision import FP16, FP32, OPENVINO, TF32, cpu_flags, fastest_choice
+from spade_deploy.export.runtime import OpenVinoSession, make_session, openvino_unavailable
 from spade_deploy.export.tensorrt import unavailable_reason as tensorrt_unavailable
 from spade_deploy.model import io_spec
 from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.tensors import to_semantic_input
 
 Feeds = dict[str, np.ndarray]  # graph inputs by io_spec name, in the contract's dtypes
-
-# Precisions a row can name: the arithmetic of the runtime's heavy ops (convs and matmuls).
-FP32, TF32, BF16, FP16 = "fp32", "tf32", "bf16", "fp16"
-_OPENVINO_PRECISIONS = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
-_CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -133,24 +130,16 @@ def onnxruntime_runner(subject: Subject, path: Path | None, providers: list[Any]
 
 
 def openvino_runner(precision: str | None) -> Callable[[Subject, Path | None], Runner]:
-    """An ONNX graph compiled by OpenVINO for the CPU (latency hint, the thread cap) at `precision` (FP32, BF16), or
-    at OpenVINO's default where None: bf16 on CPUs with AMX or AVX512-BF16, f32 elsewhere. The runner's precision is
-    the one the compiled model reports, so a pin the CPU cannot honour shows."""
-    hint = {None: {}, FP32: {"INFERENCE_PRECISION_HINT": "f32"}, BF16: {"INFERENCE_PRECISION_HINT": "bf16"}}[precision]
-
+    """An ONNX graph compiled by OpenVINO for the CPU (`spade_deploy.export.runtime.OpenVinoSession`: latency hint,
+    the thread cap) at `precision` (FP32, BF16), or at OpenVINO's default where None: bf16 on CPUs with AMX or
+    AVX512-BF16, f32 elsewhere. The runner's precision is the one the compiled model reports, so a pin the CPU cannot
+    honour shows."""
     def build(subject: Subject, path: Path | None) -> Runner:
-        import openvino
-
-        core = openvino.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_NUM_THREADS": subject.threads, "PERFORMANCE_HINT": "LATENCY", **hint})
-        chosen = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        request = compiled.create_infer_request()
-        output = compiled.output(io_spec.IMAGE_FLOAT)
+        session = OpenVinoSession(path, precision=precision, threads=subject.threads)
 
         def run(feeds: Feeds) -> np.ndarray:
-            return request.infer(feeds)[output].copy()  # the request reuses its output buffer on the next call
-        return Runner(run, _OPENVINO_PRECISIONS.get(chosen, chosen))
+            return session.run([io_spec.IMAGE_FLOAT], feeds)[0]
+        return Runner(run, session.precision)
     return build
 
 
@@ -213,52 +202,6 @@ def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
     return Runner(run, precision)
 
 
-# ------------------------------------------------------------------------------------------------ `fast`
-
-@dataclass(frozen=True)
-class FastChoice:
-    """What `fast` runs on this machine, and why."""
-    graph: str  # the GRAPHS entry
-    precision: str  # what it asks for (the row reports what the runtime chose)
-    engine: str  # "openvino" or "onnxruntime"
-    why: str
-
-
-def cpu_flags() -> set[str]:
-    """The feature flags of the first processor in /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        text = _CPUINFO.read_text()
-    except OSError:
-        return set()
-    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
-                set())
-
-
-def fast_choice(flags: set[str], openvino_installed: bool) -> FastChoice:
-    """Our fastest export at the best reduced precision a CPU with these /proc/cpuinfo flags offers."""
-    if not {"amx_bf16", "avx512_bf16"} & flags:
-        return FastChoice("sparse", FP32, "onnxruntime", "fp32: this CPU has no bf16 hardware (neither amx_bf16 nor "
-                                                         "avx512_bf16); the boundary-sparse graph in ONNX Runtime")
-    if not openvino_installed:
-        return FastChoice("sparse", FP32, "onnxruntime", "fp32: this CPU has bf16 hardware, but OpenVINO, which "
-                                                         "would run bf16, is not installed; the boundary-sparse graph "
-                                                         "in ONNX Runtime")
-    if "amx_bf16" in flags:
-        # AMX multiplies bf16 tiles several times faster than AVX-512 does, which speeds up the dense graph's convs
-        # but not the sparse graph's gathers: dense does more work, at a far higher rate.
-        return FastChoice("dense", BF16, "openvino", "bf16 on AMX: our dense graph in OpenVINO")
-    # AVX512-BF16 alone does bf16 dot products at about twice the fp32 rate: too little to make up for the dense
-    # graph's extra work, so the sparse graph stays ahead.
-    return FastChoice("sparse", BF16, "openvino", "bf16 on AVX512-BF16 (no AMX): the boundary-sparse graph in "
-                                                  "OpenVINO")
-
-
-def _openvino_unavailable() -> str | None:
-    if importlib.util.find_spec("openvino") is None:
-        return "OpenVINO is not installed (pip install 'spade-deploy[bench]')"
-    return None
-
-
 def _cuda_unavailable() -> str | None:
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
@@ -272,26 +215,28 @@ def _tensorrt_unavailable() -> str | None:
     return reason
 
 
-FAST = fast_choice(cpu_flags(), _openvino_unavailable() is None)
+# Our fastest export at the best reduced precision this CPU offers: the export's own rule
+# (spade_deploy.export.precision), so `fast` measures what `spade-deploy export onnx --precision bf16` writes.
+FAST = fastest_choice(cpu_flags(), openvino_unavailable() is None)
 
 register(Runtime("eager", "PyTorch eager, unfolded generator on the one-hot map (inference_mode)", eager_runner))
 register(Runtime("folded-torch", "our folded graph in PyTorch", torch_graph_runner("dense")))
 register(Runtime("plain-ort", "plain torch.onnx.export of the unfolded model in ONNX Runtime", onnxruntime_runner,
                  graph="plain", plain=True))
 register(Runtime("plain-openvino", "plain torch.onnx.export of the unfolded model in OpenVINO, pinned to f32",
-                 openvino_runner(FP32), graph="plain", plain=True, unavailable=_openvino_unavailable))
+                 openvino_runner(FP32), graph="plain", plain=True, unavailable=openvino_unavailable))
 register(Runtime("plain-openvino-default", "plain torch.onnx.export of the unfolded model in OpenVINO at its default "
                                            "settings (bf16 where the CPU has bf16 hardware)",
-                 openvino_runner(None), graph="plain", plain=True, unavailable=_openvino_unavailable))
+                 openvino_runner(None), graph="plain", plain=True, unavailable=openvino_unavailable))
 register(Runtime("ort", "our folded ONNX graph in ONNX Runtime", onnxruntime_runner, graph="dense"))
 register(Runtime("openvino", "our folded ONNX graph in OpenVINO, pinned to f32", openvino_runner(FP32),
-                 graph="dense", unavailable=_openvino_unavailable))
+                 graph="dense", unavailable=openvino_unavailable))
 register(Runtime("sparse-torch", "our boundary-sparse graph in PyTorch", torch_graph_runner("sparse")))
 register(Runtime("sparse-ort", "our boundary-sparse ONNX graph in ONNX Runtime", onnxruntime_runner, graph="sparse"))
 register(Runtime("sparse-openvino", "our boundary-sparse ONNX graph in OpenVINO, pinned to f32", openvino_runner(FP32),
-                 graph="sparse", unavailable=_openvino_unavailable))
+                 graph="sparse", unavailable=openvino_unavailable))
 register(Runtime("fast", f"our fastest export at the best reduced precision this CPU offers — here {FAST.why}",
-                 openvino_runner(FAST.precision) if FAST.engine == "openvino" else onnxruntime_runner,
+                 openvino_runner(FAST.precision) if FAST.runtime == OPENVINO else onnxruntime_runner,
                  graph=FAST.graph))
 # NVIDIA GPUs (the `gpu` extra); skipped with the reason elsewhere.
 register(Runtime("plain-ort-cuda", "plain torch.onnx.export of the unfolded model in ONNX Runtime's CUDA provider "

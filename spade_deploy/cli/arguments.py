@@ -29,8 +29,8 @@ def byte_size(text: str) -> int:
 
 def add_model_source(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
     """Which generator a command runs: `--checkpoint` (PyTorch, in this process; default: the bundled landscape
-    model), `--onnx` where the command offers it (ONNX Runtime, in this process), or `--server` (a running
-    `spade-deploy serve`)."""
+    model), `--onnx` where the command offers it (ONNX Runtime, or OpenVINO for a bf16 export, in this process), or
+    `--server` (a running `spade-deploy serve`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, metavar="G.pth",
                         help="generator checkpoint (ours, a training run's, or an official *_net_G.pth with opt.txt "
@@ -38,7 +38,8 @@ def add_model_source(parser: argparse.ArgumentParser, *, onnx: bool = False) -> 
                              "model, spade_deploy/data/landscapes_generator.pth)")
     if onnx:
         source.add_argument("--onnx", type=Path, metavar="generator.onnx",
-                            help="generator ONNX export (spade-deploy export), run with ONNX Runtime on the CPU")
+                            help="generator ONNX export (spade-deploy export), run on the CPU with ONNX Runtime (or "
+                                 "OpenVINO, for a bf16 export)")
     source.add_argument("--server", metavar="HOST:PORT", help="a running `spade-deploy serve` (its gRPC port)")
 
 

@@ -3,6 +3,8 @@ repository root): fold, export `DIR/generator.onnx` (and `DIR/encoder.onnx`), ch
 optionally write a Triton repository; `trt` first builds TensorRT engines where TensorRT and a CUDA GPU exist, and its
 gpu repository serves them as `tensorrt_plan` models (where none could be built, it holds the portable ONNX Runtime +
 TensorRT-accelerator configs, and a line says so); `--max-batch` sets both the engines' profile and `max_batch_size`.
+`--precision`: `onnx` fp32 (exact, the default) or bf16 (OpenVINO on CPUs with AMX or AVX512-BF16; elsewhere it says
+so and exports fp32), with the graph fastest at it on this CPU; `trt` the engines' fp16 (default) or fp32.
 
 Exit status: 0 on success, 1 when the parity check fails, 2 on bad input (missing file, wrong size, …); `trt
 --require-engine` exits 3 when engines cannot be built here. Without `--require-engine` the engine step is skipped
@@ -17,9 +19,10 @@ from typing import Any
 
 from spade_deploy.cli.arguments import add_model_arguments, byte_size, positive_int, size_of
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE
+from spade_deploy.export.precision import CPU_PRECISIONS, FP16, FP32, choose
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import NUM_UPSAMPLINGS
-from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS
+from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS, unservable_reason
 
 EXIT_NO_ENGINE = 3
 ONNX_GRAPHS = ("sparse", "sparse-tensorrt", "dense")
@@ -34,16 +37,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     kinds = parser.add_subparsers(dest="export_kind", required=True, metavar="KIND")
     onnx = kinds.add_parser("onnx", help="ONNX graphs (+ a Triton repository)",
                             description="Fold, export and check ONNX graphs (+ a Triton repository).")
-    add_arguments(onnx, graphs=ONNX_GRAPHS, default_graph="sparse", default_variant="cpu")
+    add_arguments(onnx, graphs=ONNX_GRAPHS, default_graph=None, default_variant="cpu")
+    onnx.add_argument("--precision", choices=(*CPU_PRECISIONS, FP16), default=FP32,
+                      help="fp32: exact, the sparse graph in ONNX Runtime (default); bf16: OpenVINO at bf16 (pip "
+                           "install \"spade-deploy[openvino]\") with the graph measured fastest on this CPU (dense "
+                           "with AMX, sparse with AVX512-BF16 alone), its quality against float64 reported, not "
+                           "failed by --tolerance; on a CPU without bf16 hardware, fp32; fp16: see `export trt`")
     onnx.set_defaults(run=run_onnx)
     trt = kinds.add_parser("trt", help="everything `onnx` does, with TensorRT engines",
                            description="Everything `export onnx` does, with TensorRT engines for the generator (and "
                                        "encoder) where TensorRT and a CUDA GPU exist, served by the gpu repository.")
     add_arguments(trt, graphs=TRT_GRAPHS, default_graph="dense", default_variant="gpu")
     precision = trt.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="fp16", action="store_true", default=True,
-                           help="FP16 engine, normalisation-sensitive layers in FP32 (default)")
-    precision.add_argument("--fp32", dest="fp16", action="store_false", help="FP32 engine")
+    precision.add_argument("--precision", choices=(FP16, FP32), default=FP16,
+                           help="of the engines: fp16 with normalisation, the last conv and tanh in fp32 (default), "
+                                "or fp32 (TF32 convs on Ampere and newer); the ONNX files stay fp32")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const=FP16,
+                           help="same as --precision fp16")
+    precision.add_argument("--fp32", dest="precision", action="store_const", const=FP32,
+                           help="same as --precision fp32")
     trt.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                      help="largest batch of the optimisation profile, and the repository's max_batch_size")
     trt.add_argument("--require-engine", action="store_true",
@@ -51,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     trt.set_defaults(run=run_trt)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], default_graph: str,
+def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], default_graph: str | None,
                   default_variant: str) -> None:
     parser.add_argument("checkpoint", type=Path, help="generator checkpoint: ours, a training run's, or an "
                                                         "official *_net_G.pth")
@@ -63,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
     graph = parser.add_mutually_exclusive_group()
     graph.add_argument("--graph", choices=graphs, default=default_graph,
                        help="; ".join(f"{name}: {GRAPHS[name]}" for name in graphs)
-                       + f" (default here: {default_graph})")
+                       + f" (default here: {default_graph or 'the one fastest at --precision on this CPU'})")
     graph.add_argument("--dense", dest="graph", action="store_const", const="dense", help="same as --graph dense")
     parser.add_argument("--repository", type=Path,
                         help="also write a Triton model repository here (serve it with `spade-deploy serve`)")
@@ -78,11 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
                         help="random label-map batches in the parity check")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help="max |Δ| from the float64 model allowed by the parity check (or up to twice eager "
-                             "float32's own, when that is larger)")
+                             "float32's own, when that is larger); a runtime at bf16 is measured, not held to it")
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    exported = export(args)
+    reason = args.repository and unservable_reason(choose(args.precision).precision)
+    if reason:  # fail before minutes of export, not after
+        raise ValueError(f"--repository: {reason}")
+    exported = export(args, args.precision)
     if args.repository:
         _repository(args, exported)
     return 0
@@ -97,18 +112,18 @@ def run_trt(args: argparse.Namespace) -> int:
         print(f"spade-deploy export trt: error: TensorRT engines are required (--require-engine), but {reason}",
               file=sys.stderr)
         return EXIT_NO_ENGINE
-    exported = export(args)
+    exported = export(args, FP32)  # the ONNX files run in ONNX Runtime at fp32; the engines at --precision
     engines: dict[str, Path] = {}
     if reason:
         print(f"TensorRT engine step skipped: {reason}. The ONNX files in {args.out} are ready for it.",
               file=sys.stderr)
     else:
-        options = EngineOptions(fp16=args.fp16, max_batch=args.max_batch)
+        options = EngineOptions(fp16=args.precision == FP16, max_batch=args.max_batch)
         for name, onnx_path in ((io_spec.GENERATOR_MODEL, exported.generator_onnx),
                                 (io_spec.ENCODER_MODEL, exported.encoder_onnx)):
             if onnx_path is not None:
                 engine = onnx_path.with_suffix(".plan")
-                with step(f"building the TensorRT engine for {onnx_path.name} ({'fp16' if options.fp16 else 'fp32'})"):
+                with step(f"building the TensorRT engine for {onnx_path.name} ({args.precision})"):
                     build_engine(onnx_path, engine, options)
                 print(f"wrote {engine}")
                 engines[name] = engine
@@ -121,8 +136,8 @@ def run_trt(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exported
-    """The ONNX export of the parsed arguments."""
+def export(args: argparse.Namespace, precision: str):  # -> spade_deploy.export.pipeline.Exported
+    """The ONNX export of the parsed arguments at `precision`."""
     from spade_deploy.export.pipeline import export_onnx
 
     size = size_of(args)
@@ -131,8 +146,9 @@ def export(args: argparse.Namespace):  # -> spade_deploy.export.pipeline.Exporte
         raise ValueError("--max-request-memory sets the budget of a cpu Triton repository: give it with --repository "
                          "and --variant cpu")
     exported = export_onnx(args.checkpoint, args.out, encoder=args.encoder, preset=args.preset,
-                           num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, height=height,
-                           width=width, parity_samples=args.parity_samples, tolerance=args.tolerance)
+                           num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, precision=precision,
+                           height=height, width=width, parity_samples=args.parity_samples,
+                           tolerance=args.tolerance)
     for path in (exported.generator_onnx, exported.encoder_onnx):
         if path is not None:
             print(f"wrote {path}")

@@ -31,6 +31,7 @@ from spade_deploy.evaluation.fid import KID_SUBSET_SIZE, KID_SUBSETS, check_kid_
 from spade_deploy.evaluation.inception import FidInception, load_inception
 from spade_deploy.evaluation.metrics import ColourMoments, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from spade_deploy.evaluation.segmenter import OnnxSegmenter, torch_threads
+from spade_deploy.export.precision import FP32
 from spade_deploy.export.runtime import OnnxGenerator
 from spade_deploy.model.checkpoint import load_generator
 from spade_deploy.model.config import GeneratorConfig
@@ -56,6 +57,7 @@ class _Generator:
     size: tuple[int, int] | None  # (H, W): the one size an ONNX export makes; None: any the config allows
     device: torch.device  # where it runs, and so where a loaded Inception runs
     synthesize: Synthesize
+    precision: str = FP32  # what it computes in: an ONNX export's runtime reports it (bf16 exports run in OpenVINO)
 
     def check_size(self, height: int, width: int) -> None:
         check_label_size(height, width, self.config)
@@ -127,6 +129,7 @@ def evaluate(dataroot: str | Path, segmenter_onnx: str | Path, *,
         "dataroot": str(dataroot),
         "generator": source.name,
         "generator_kind": source.kind,
+        "generator_precision": source.precision,
         "segmenter": str(segmenter_onnx),
         "maps": len(samples),
         "pixels": int(confusions["real"].sum()),  # scored pixels per kind (don't-care excluded)
@@ -157,7 +160,7 @@ def _opened(generator: str | Path | SPADEGenerator | None, threads: int | None) 
     if path.suffix.lower() == ".onnx":
         export = OnnxGenerator(path, threads=threads)
         yield _Generator(str(path), "onnx", export.config, (export.height, export.width), torch.device("cpu"),
-                         lambda labels, instances, z: export(labels, instances, z)[0])
+                         lambda labels, instances, z: export(labels, instances, z)[0], export.precision)
     else:
         yield _torch_generator(load_generator(path), str(path), "checkpoint")
 

@@ -1,5 +1,7 @@
 """Export: the exact rewrites of the model (fold, sparse, Winograd), the deployment graphs, ONNX writing and its
-metadata, parity against eager PyTorch, ONNX Runtime sessions and TensorRT engines.
+metadata, the precision an export runs at (graph and runtime per CPU), parity against the float64 model, ONNX
+Runtime and OpenVINO sessions and TensorRT engines.
 
-`metadata` and `runtime` are torch-free (the serving path reads exports with them); the rest imports torch.
+`metadata`, `precision` and `runtime` are torch-free (the serving path reads exports with them); the rest imports
+torch.
 """

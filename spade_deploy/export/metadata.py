@@ -1,5 +1,5 @@
 """What an export is: the graphs it can hold, the tolerance it is checked to, and what its ONNX says about itself
-(model config, export size, graph) in its metadata.
+(model config, export size, graph, the precision it runs at and the runtime that runs it) in its metadata.
 
 Torch-free: the runtime wrapper, the Triton repository writer, the served models and the CLI read it.
 """
@@ -11,11 +11,14 @@ from pathlib import Path
 
 import onnx
 
+from spade_deploy.export.precision import BF16, CPU_PRECISIONS, FP32, ONNXRUNTIME, OPENVINO
 from spade_deploy.model.config import GeneratorConfig
 
 CONFIG_KEY = "spade_deploy.generator_config"
 SIZE_KEY = "spade_deploy.size"
 GRAPH_KEY = "spade_deploy.graph"
+PRECISION_KEY = "spade_deploy.precision"
+RUNTIME_KEY = "spade_deploy.runtime"
 
 TOLERANCE = 1e-4  # max |delta| of every export against eager PyTorch on image_float (in [-1, 1]), mu and logvar
 
@@ -36,10 +39,19 @@ class ExportMetadata:
     height: int  # the fixed output size of the export
     width: int
     graph: str  # the name in spade_deploy.export.graphs.GRAPHS
+    precision: str = FP32  # what it runs at (spade_deploy.export.precision); older exports, without the key: fp32
+    runtime: str = ONNXRUNTIME  # what runs it: bf16 runs in OpenVINO (ONNX Runtime's CPU kernels are fp32)
+
+    def __post_init__(self) -> None:
+        if self.precision not in CPU_PRECISIONS or self.runtime not in (ONNXRUNTIME, OPENVINO):
+            raise ValueError(f"an export runs at one of {list(CPU_PRECISIONS)} in {ONNXRUNTIME} or {OPENVINO}, got "
+                             f"{self.precision!r} in {self.runtime!r}")
+        if self.precision == BF16 and self.runtime != OPENVINO:
+            raise ValueError(f"a bf16 export runs in {OPENVINO}, not {self.runtime!r}")
 
     def to_props(self) -> dict[str, str]:
         return {CONFIG_KEY: json.dumps(self.config.to_dict()), SIZE_KEY: json.dumps([self.height, self.width]),
-                GRAPH_KEY: self.graph}
+                GRAPH_KEY: self.graph, PRECISION_KEY: self.precision, RUNTIME_KEY: self.runtime}
 
 
 def read_export_metadata(path: str | Path) -> ExportMetadata:
@@ -54,5 +66,9 @@ def read_export_metadata(path: str | Path) -> ExportMetadata:
     if CONFIG_KEY not in props:
         raise ValueError(f"{path} was not written by spade-deploy's generator export (no {CONFIG_KEY} metadata)")
     height, width = json.loads(props[SIZE_KEY])
-    return ExportMetadata(GeneratorConfig.from_dict(json.loads(props[CONFIG_KEY])), height, width,
-                          props.get(GRAPH_KEY, "unknown"))
+    try:
+        return ExportMetadata(GeneratorConfig.from_dict(json.loads(props[CONFIG_KEY])), height, width,
+                              props.get(GRAPH_KEY, "unknown"), props.get(PRECISION_KEY, FP32),
+                              props.get(RUNTIME_KEY, ONNXRUNTIME))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None

@@ -13,6 +13,7 @@ from torch import nn
 
 from spade_deploy.export.graphs import DeployGenerator, encoder_graph, example_inputs, generator_graph
 from spade_deploy.export.metadata import ExportMetadata
+from spade_deploy.export.precision import FP32, ONNXRUNTIME
 from spade_deploy.files import atomic_path
 from spade_deploy.model import io_spec
 from spade_deploy.model.labels import check_label_size
@@ -32,12 +33,15 @@ def export_generator_onnx(generator: SPADEGenerator, path: str | Path, *, height
                                 height=height, width=width)
 
 
-def write_generator_onnx(module: DeployGenerator, path: str | Path, *, height: int, width: int) -> Path:
-    """Write an already built deployment module (built for height x width) to `path`."""
+def write_generator_onnx(module: DeployGenerator, path: str | Path, *, height: int, width: int,
+                         precision: str = FP32, runtime: str = ONNXRUNTIME) -> Path:
+    """Write an already built deployment module (built for height x width) to `path`, recording the `precision`
+    and `runtime` it is to run at (`spade_deploy.export.precision`; the graph itself is the same float32 graph)."""
     config = module.config
     check_label_size(height, width, config)
+    metadata = ExportMetadata(config, height, width, module.graph, precision, runtime)  # checks the pair first
     _export(module, example_inputs(config, height, width), io_spec.generator_io(config, height, width), Path(path),
-            ExportMetadata(config, height, width, module.graph).to_props())
+            metadata.to_props())
     return Path(path)
 
 

@@ -1,23 +1,31 @@
 """The export pipeline: load a checkpoint -> deployment graph -> ONNX -> parity against the float64 model.
 
 `export_onnx` is what `spade-deploy export onnx` (and `python -m export.onnx`) runs; the CLI adds the Triton
-repository (a later stage) and TensorRT engines on top of what it returns.
+repository (a later stage) and TensorRT engines on top of what it returns. The precision asked for decides the
+graph and the runtime (`export_choice`, by this CPU's flags) and is recorded in the ONNX; the parity step runs the
+export that way, and its table and image quality go to stdout and to `parity.json` beside the ONNX files.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
 
+from spade_deploy.errors import Failure
 from spade_deploy.export.graphs import DeployGenerator, encoder_graph, generator_graph
 from spade_deploy.export.metadata import TOLERANCE
 from spade_deploy.export.onnx import write_encoder_onnx, write_generator_onnx
-from spade_deploy.export.parity import Comparison, check, encoder_parity, format_table, generator_parity
+from spade_deploy.export.parity import (Comparison, check, encoder_parity, format_quality, format_table,
+                                        generator_parity)
+from spade_deploy.export.precision import FP32, OPENVINO, Choice, choose
+from spade_deploy.export.runtime import openvino_unavailable
+from spade_deploy.files import atomic_path
 from spade_deploy.model import io_spec
 from spade_deploy.model.checkpoint import load_encoder, load_generator
 from spade_deploy.model.labels import check_label_size
@@ -25,6 +33,7 @@ from spade_deploy.model.networks import ConvEncoder, SPADEGenerator
 
 GENERATOR_FILE = "generator.onnx"
 ENCODER_FILE = "encoder.onnx"
+PARITY_FILE = "parity.json"  # the parity rows and image quality against float64, as printed
 
 
 @dataclass
@@ -32,6 +41,7 @@ class Exported:
     generator: SPADEGenerator  # the eager model that was exported
     generator_graph: DeployGenerator  # the module written to generator_onnx
     generator_onnx: Path
+    choice: Choice  # the precision, graph and runtime it runs at
     encoder: ConvEncoder | None = None
     encoder_graph: nn.Module | None = None
     encoder_onnx: Path | None = None
@@ -47,17 +57,38 @@ def step(title: str) -> Iterator[None]:
     print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
+def export_choice(precision: str = FP32, graph: str | None = None) -> Choice:
+    """How an export at `precision` runs on this CPU (`spade_deploy.export.precision.choose`: bf16 without bf16
+    hardware falls back to fp32), with `graph` instead of the measured one where given. fp16 is a `ValueError`
+    (`export trt`); a choice that needs OpenVINO where it is missing is a `Failure` naming the extra."""
+    choice = choose(precision)
+    if graph is not None and graph != choice.graph:
+        choice = replace(choice, graph=graph, reason=f"{choice.reason}, with the graph asked for")
+    reason = openvino_unavailable() if choice.runtime == OPENVINO else None
+    if reason:
+        raise Failure(f"a {choice.precision} export runs in OpenVINO, but {reason}")
+    return choice
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path | None = None,
-                preset: str | None = None, num_upsampling_layers: str | None = None, graph: str = "sparse",
-                height: int | None = None, width: int | None = None, parity_samples: int = 2,
+                preset: str | None = None, num_upsampling_layers: str | None = None, graph: str | None = None,
+                precision: str = FP32, height: int | None = None, width: int | None = None, parity_samples: int = 2,
                 tolerance: float = TOLERANCE) -> Exported:
     """Load a generator checkpoint (and encoder), write `out/generator.onnx` (and `out/encoder.onnx`) as the
-    deployment `graph` at height x width (default: the config's), and check parity of the very modules written
-    against the float64 model (see `parity`). Raises `ValueError` on bad input and `ParityError` when it fails."""
+    deployment graph at height x width (default: the config's), and check parity of the very modules written
+    against the float64 model (see `parity`). `precision` (fp32, bf16) picks the graph and runtime fastest at it on
+    this CPU (`export_choice`; `graph` overrides the graph) and is recorded in the ONNX; a bf16 export runs in
+    OpenVINO, and its quality is reported, not failed by `tolerance` (the encoder stays fp32 in ONNX Runtime).
+    Raises `ValueError` on bad input and `ParityError` when it fails."""
     if (height is None) != (width is None):
         raise ValueError("give height and width together (or neither, for the config's size)")
     if parity_samples < 1:
         raise ValueError(f"parity_samples must be at least 1, got {parity_samples}")
+    choice = export_choice(precision, graph)
+    if choice.precision != precision:
+        print(f"{precision} is not available here; exporting {choice.why}", file=sys.stderr)
+    else:
+        print(f"precision: {choice.why}", file=sys.stderr)
     out = Path(out)
     overrides = {"num_upsampling_layers": num_upsampling_layers} if num_upsampling_layers else {}
     with step(f"loading {checkpoint}"):
@@ -68,12 +99,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
     print(f"  generator: {generator.config}", file=sys.stderr)
     default_height, default_width = generator.config.image_size
     height, width = height or default_height, width or default_width
-    with step(f"folding and exporting the generator to ONNX ({graph} graph)"):
+    with step(f"folding and exporting the generator to ONNX ({choice.graph} graph)"):
         check_label_size(height, width, generator.config)
-        module = generator_graph(generator, graph=graph, height=height, width=width)
-        exported = Exported(generator, module, write_generator_onnx(module, out / GENERATOR_FILE, height=height,
-                                                                    width=width))
-    with step("parity: eager, deployment graph and ONNX Runtime vs float64 (generator)"):
+        module = generator_graph(generator, graph=choice.graph, height=height, width=width)
+        path = write_generator_onnx(module, out / GENERATOR_FILE, height=height, width=width,
+                                    precision=choice.precision, runtime=choice.runtime)
+        exported = Exported(generator, module, path, choice)
+    runner = f"OpenVINO at {choice.precision}" if choice.runtime == OPENVINO else "ONNX Runtime"
+    with step(f"parity: eager, deployment graph and {runner} vs float64 (generator)"):
         exported.parity += generator_parity(generator, module, exported.generator_onnx, samples=parity_samples)
     if style_encoder is not None:
         with step("exporting the encoder to ONNX"):
@@ -82,5 +115,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
         with step("parity: eager, deployment graph and ONNX Runtime vs float64 (encoder)"):
             exported.parity += encoder_parity(style_encoder, exported.encoder_graph, exported.encoder_onnx)
     print(format_table(exported.parity, tolerance))
+    print(format_quality(exported.parity))
+    _write_parity(out / PARITY_FILE, exported, tolerance)
     check(exported.parity, tolerance)
     return exported
+
+
+def _write_parity(path: Path, exported: Exported, tolerance: float) -> None:
+    """What the parity step printed, as JSON beside the export: its precision, every row, its verdict."""
+    rows = [{**asdict(row), "judged": row.judged, "ok": row.ok(tolerance)} for row in exported.parity]
+    report = {"reference": "the model in float64", "tolerance": tolerance, **asdict(exported.choice), "rows": rows}
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(report, indent=1) + "\n")

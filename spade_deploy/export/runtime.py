@@ -1,27 +1,34 @@
-"""Running exported graphs in ONNX Runtime (CPU by default), with the inputs checked before they reach the graph.
+"""Running exported graphs as their export says: in ONNX Runtime (CPU by default), or in OpenVINO at the recorded
+precision (bf16 exports), with the inputs checked before they reach the graph.
 
 A graph fed an out-of-range label would gather garbage or fail with an opaque kernel error; these wrappers turn
 every bad input into the `ValueError` of `spade_deploy.model.io_spec` that names the input, what was expected and
-what was seen. Torch-free: the served models run their graphs with `make_session`.
+what was seen. OpenVINO is optional (`pip install "spade-deploy[openvino]"`) and imported only to run it.
+Torch-free: the served models run their graphs with `make_session`.
 """
 from __future__ import annotations
 
+import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from spade_deploy.errors import Failure
 from spade_deploy.export.metadata import read_export_metadata
+from spade_deploy.export.precision import BF16, FP16, FP32, OPENVINO
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import as_rgb_batch
+
+_OPENVINO_TYPES = {FP32: "f32", BF16: "bf16"}  # our precision -> OpenVINO's INFERENCE_PRECISION_HINT
+_FROM_OPENVINO = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
 
 
 def make_session(path: str | Path, *, threads: int | None = None,
                  providers: list[str] | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session with full graph optimisation; `threads` caps intra-op threads."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such ONNX file: {path}")
+    path = _existing(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -29,14 +36,65 @@ def make_session(path: str | Path, *, threads: int | None = None,
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
+def openvino_unavailable() -> str | None:
+    """Why OpenVINO cannot run here (naming the extra that installs it), or None."""
+    if importlib.util.find_spec("openvino") is None:
+        return 'OpenVINO is not installed (pip install "spade-deploy[openvino]")'
+    return None
+
+
+class OpenVinoSession:
+    """An ONNX graph compiled by OpenVINO for the CPU (latency hint, `threads` caps its threads), with the `run` of
+    an ONNX Runtime session. `precision` (FP32, BF16) pins OpenVINO's INFERENCE_PRECISION_HINT; None leaves its
+    default, which is bf16 on CPUs with bf16 hardware. `self.precision` is what the compiled model reports it
+    chose, so a pin the CPU cannot honour shows."""
+
+    def __init__(self, path: str | Path, *, precision: str | None, threads: int | None = None) -> None:
+        path = _existing(path)
+        reason = openvino_unavailable()
+        if reason:
+            raise Failure(f"{path} runs in OpenVINO, but {reason}")
+        import openvino
+
+        settings: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
+        if precision is not None:
+            settings["INFERENCE_PRECISION_HINT"] = _OPENVINO_TYPES[precision]
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", settings)
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = _FROM_OPENVINO.get(chosen, chosen)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            results = self._request.infer(feeds)
+            # Copies: the request reuses its output buffers on the next call.
+            return [results[self.compiled.output(name)].copy() for name in output_names]
+
+
 class OnnxGenerator:
-    """`generator.onnx` in ONNX Runtime: `(labels, instances, z) -> (image uint8 [N,H,W,3], image_float)`."""
+    """`generator.onnx` as its export says it runs (`metadata.runtime` at `metadata.precision`: ONNX Runtime, or
+    OpenVINO for bf16): `(labels, instances, z) -> (image uint8 [N,H,W,3], image_float)`. `precision` is what the
+    session computes in: as OpenVINO reports it, or fp32 in ONNX Runtime (its CPU kernels); `providers` (ONNX
+    Runtime's) apply to fp32 exports only."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.metadata = read_export_metadata(path)
         self.config, self.height, self.width = self.metadata.config, self.metadata.height, self.metadata.width
         self.io = io_spec.generator_io(self.config, self.height, self.width)
-        self.session = make_session(path, threads=threads, providers=providers)
+        self.runtime = self.metadata.runtime
+        if self.runtime == OPENVINO:
+            if providers:
+                raise ValueError(f"{path} is a {self.metadata.precision} export, which runs in OpenVINO: ONNX "
+                                 f"Runtime providers do not apply")
+            self.session = OpenVinoSession(path, precision=self.metadata.precision, threads=threads)
+            self.precision = self.session.precision
+        else:
+            self.session = make_session(path, threads=threads, providers=providers)
+            self.precision = FP32
 
     def feeds(self, labels: np.ndarray, instances: np.ndarray | None = None,
               z: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -59,3 +117,10 @@ class OnnxEncoder:
     def __call__(self, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self.session.run(self.io.output_names, {io_spec.STYLE: as_rgb_batch(style)})
         return mu, logvar
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such ONNX file: {path}")
+    return path

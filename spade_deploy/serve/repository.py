@@ -14,7 +14,9 @@ execution accelerator (which builds its engine at first load, on the GPU it serv
 pipeline model, which imports spade_deploy (numpy only, no torch):
 in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. In the cpu variant every
 model carries a memory budget per execution (`max_request_memory`), against which the python-backend models refuse
-requests before any work (`spade_deploy.serve.served_model.check_request_memory`). Configs are built as
+requests before any work (`spade_deploy.serve.served_model.check_request_memory`). Both variants serve fp32 exports
+only: a bf16 export runs in OpenVINO, which none of these models use, so it is refused (`unservable_reason`) rather
+than served at a precision other than the one it records. Configs are built as
 `ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field
 name is checked.
 """
@@ -31,6 +33,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from spade_deploy.export.metadata import read_export_metadata
+from spade_deploy.export.precision import FP32
 from spade_deploy.export.tensorrt import read_engine_metadata
 from spade_deploy.model import io_spec, memory
 from spade_deploy.model.config import GeneratorConfig
@@ -85,6 +88,9 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
         if path is not None and not path.is_file():
             raise ValueError(f"no such ONNX file: {path}")
     metadata = read_export_metadata(generator_onnx)
+    reason = unservable_reason(metadata.precision)
+    if reason:
+        raise ValueError(f"{generator_onnx}: {reason}")
     config, height, width = metadata.config, metadata.height, metadata.width
     if encoder_onnx is not None:
         io_spec.check_encoder_fits(config)
@@ -121,6 +127,15 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
         for model_config, _ in models.values():
             model_config.parameters[MAX_REQUEST_MEMORY].string_value = str(budget)
     return _write_atomically(repo_dir, models)
+
+
+def unservable_reason(precision: str) -> str | None:
+    """Why an export at `precision` cannot be served from a repository written here, or None (fp32)."""
+    if precision == FP32:
+        return None
+    return (f"a {precision} export runs in OpenVINO, which the Triton repository's models do not (they would compute "
+            f"it in fp32 or another precision than the one it records): export with --precision fp32 to serve it, "
+            f"or run this one in-process (spade_deploy.export.runtime.OnnxGenerator)")
 
 
 def _max_batch_size(engines: dict[str, Path], variant: str, graphs: dict[str, tuple[Path, io_spec.ModelIO]],

@@ -26,7 +26,7 @@ Encode = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 RGB [h, 
 class Backend(ABC):
     """A model the studio paints with. `labels` are uint8 class indices `[H, W]` already checked for this model."""
 
-    kind: str  # "pytorch", "onnxruntime" or "triton": shown on the page
+    kind: str  # "pytorch", "onnxruntime", "openvino" (a bf16 export) or "triton": shown on the page
     source: str  # the checkpoint, ONNX file or server address
     config: GeneratorConfig
     height: int
@@ -107,14 +107,14 @@ class TorchBackend(Backend):
 
 
 class OnnxBackend(Backend):
-    """A generator ONNX export (and optionally the encoder's) in ONNX Runtime on the CPU."""
-
-    kind = "onnxruntime"
+    """A generator ONNX export (and optionally the encoder's) on the CPU, in the runtime its export records: ONNX
+    Runtime, or OpenVINO for a bf16 export."""
 
     def __init__(self, generator: str | Path, encoder: str | Path | None = None) -> None:
         from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
 
         self.generator = OnnxGenerator(generator)
+        self.kind = self.generator.runtime
         self.source = str(generator)
         self.config, self.height, self.width = self.generator.config, self.generator.height, self.generator.width
         self.encoder = None

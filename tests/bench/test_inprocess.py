@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from spade_deploy.bench import runtimes
-from spade_deploy.bench.inprocess import Options, Quality, boundary_share, graph_feeds, quality, run_inprocess
+from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, run_inprocess
 from spade_deploy.bench.machine import describe_machine
 from spade_deploy.bench.report import section
-from spade_deploy.bench.runtimes import (BF16, FAST, FP32, RUNTIMES, Runner, Runtime, Subject, cpu_flags, fast_choice,
-                                         onnxruntime_runner, select)
+from spade_deploy.bench.runtimes import FAST, RUNTIMES, Runner, Runtime, Subject, onnxruntime_runner, select
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE, read_export_metadata
+from spade_deploy.export.precision import BF16, FP32, cpu_flags, fastest_choice
+from spade_deploy.export.runtime import openvino_unavailable
 from spade_deploy.model import io_spec
 from tests.fixtures.bench import TINY_BENCH
 
@@ -72,8 +73,8 @@ def test_reduced_precision_is_named_and_measured(inprocess_result: dict[str, Any
 def test_openvino_defaults_and_fast_say_which_precision_they_ran(inprocess_result: dict[str, Any]) -> None:
     """OpenVINO at its default settings runs bf16 where the CPU has bf16 hardware (at least with AMX); `fast` runs
     the reduced precision its choice names, or fp32 where the CPU has none."""
-    if runtimes._openvino_unavailable():
-        pytest.skip(runtimes._openvino_unavailable())
+    if openvino_unavailable():
+        pytest.skip(openvino_unavailable())
     rows = {(row["runtime"], row["batch"]): row for row in inprocess_result["rows"]}
     flags = cpu_flags()
     for batch in (1, 2):
@@ -84,41 +85,10 @@ def test_openvino_defaults_and_fast_say_which_precision_they_ran(inprocess_resul
     assert FAST.why in inprocess_result["setup"]["runtimes"]["fast"]
 
 
-@pytest.mark.parametrize("flags, openvino, graph, precision, engine, why", [
-    (set(), True, "sparse", FP32, "onnxruntime", "no bf16 hardware"),
-    ({"avx512f", "avx2"}, True, "sparse", FP32, "onnxruntime", "no bf16 hardware"),
-    ({"avx512_bf16"}, True, "sparse", BF16, "openvino", "AVX512-BF16 (no AMX)"),
-    ({"avx512_bf16", "amx_bf16", "amx_tile"}, True, "dense", BF16, "openvino", "AMX"),
-    ({"avx512_bf16", "amx_bf16"}, False, "sparse", FP32, "onnxruntime", "OpenVINO, which would run bf16, is not"),
-])
-def test_fast_takes_the_best_reduced_precision_the_cpu_offers(flags: set[str], openvino: bool, graph: str,
-                                                              precision: str, engine: str, why: str) -> None:
-    choice = fast_choice(flags, openvino)
-    assert (choice.graph, choice.precision, choice.engine) == (graph, precision, engine)
-    assert why in choice.why and choice.why.startswith(precision)
-
-
 def test_the_cpu_flags_are_the_ones_the_machine_record_shows() -> None:
     simd = describe_machine(2)["simd"]
     assert set(simd) <= cpu_flags()
-    assert FAST == fast_choice(cpu_flags(), runtimes._openvino_unavailable() is None)
-
-
-def test_quality_against_float64() -> None:
-    level = 2 / 255  # one 8-bit level on the [-1, 1] scale
-    reference = np.full((1, 3, 2, 2), 100 * level - 1)  # level 100 exactly
-    assert quality(reference, reference) == Quality(0.0, None, 1.0, 1.0)
-    output = reference.copy()
-    output[0, 0, 0, 0] += 2 * level  # one channel of one pixel: that pixel is 2 levels off
-    output[0, 2, 1, 1] -= 0.6 * level  # rounds to 99: that pixel is 1 level off
-    measured = quality(output.astype(np.float32), reference)
-    assert measured.max_abs_diff == pytest.approx(2 * level, rel=1e-5)
-    mse = ((2 * level) ** 2 + (0.6 * level) ** 2) / 12
-    assert measured.psnr_db == pytest.approx(10 * math.log10(4 / mse), rel=1e-5)
-    assert (measured.within_1_level, measured.within_2_levels) == (0.75, 1.0)
-    worse = measured.worse(Quality(0.5, 60.0, 0.9, 0.5))
-    assert worse == Quality(0.5, measured.psnr_db, 0.75, 0.5)
-    assert Quality(0.0, None, 1.0, 1.0).worse(measured) == measured
+    assert FAST == fastest_choice(cpu_flags(), openvino_unavailable() is None)  # the export's rule (its tests)
 
 
 def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inprocess_result: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2
 
 from spade_deploy import cli
 from spade_deploy.cli.export import EXIT_NO_ENGINE, TRT_GRAPHS
-from spade_deploy.export import tensorrt
+from spade_deploy.export import pipeline, precision, tensorrt
 from spade_deploy.export.onnx import export_encoder_onnx, export_generator_onnx
 from spade_deploy.export.tensorrt import (EngineOptions, build_engine, fp32_node_names, read_engine_metadata,
                                           unavailable_reason, write_engine)
@@ -26,7 +26,8 @@ from spade_deploy.model.config import EncoderConfig, GeneratorConfig
 from spade_deploy.model.tensors import rgb_to_tensor
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
+from spade_deploy.export.precision import BF16_FLAGS, cpu_flags
+from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator, openvino_unavailable
 from spade_deploy.model.synthetic import random_encoder, random_generator, random_style, synthetic_batch
 from spade_deploy.serve.served_model import MAX_REQUEST_MEMORY
 from tests.official import (official_encoder_forward, official_generator_forward, official_options,
@@ -201,8 +202,10 @@ def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):
 
 def test_trt_repository_serves_the_engines_it_built(official_run, tmp_path, monkeypatch):
     """With engines built (faked: building one needs TensorRT and a GPU), the gpu repository serves them as
-    tensorrt_plan models, --max-batch being both the engines' profile and max_batch_size."""
+    tensorrt_plan models, --max-batch being both the engines' profile and max_batch_size; --precision is the
+    engines', the ONNX files stay fp32."""
     def fake_build(onnx_path, engine_path, options):
+        assert not options.fp16  # --precision fp32
         return write_engine(engine_path, f"engine of {onnx_path.name}".encode(), onnx_path, options)
 
     monkeypatch.setattr(tensorrt, "unavailable_reason", lambda: None)
@@ -210,7 +213,7 @@ def test_trt_repository_serves_the_engines_it_built(official_run, tmp_path, monk
     directory, out, repository = official_run[3].parent, tmp_path / "out", tmp_path / "repository"
     status = cli.main(["export", "trt", str(directory / "latest_net_G.pth"), "--encoder",
                        str(directory / "latest_net_E.pth"), "--out", str(out), "--parity-samples", "1",
-                       "--repository", str(repository), "--max-batch", "2"])
+                       "--repository", str(repository), "--max-batch", "2", "--precision", "fp32"])
     assert status == 0
     for name, engine in ((io_spec.GENERATOR_MODEL, out / "generator.plan"), (io_spec.ENCODER_MODEL,
                                                                              out / "encoder.plan")):
@@ -218,6 +221,8 @@ def test_trt_repository_serves_the_engines_it_built(official_run, tmp_path, monk
         assert (config.platform, config.max_batch_size) == ("tensorrt_plan", 2)
         assert (repository / name / "1" / "model.plan").read_bytes() == engine.read_bytes()
     assert parse(repository / io_spec.PIPELINE_MODEL / "config.pbtxt").max_batch_size == 2
+    assert read_engine_metadata(out / "generator.plan")["precision"] == "fp32"
+    assert read_export_metadata(out / "generator.onnx").precision == "fp32"  # the ONNX files themselves stay fp32
     assert read_engine_metadata(out / "encoder.plan")["profile"] == {
         io_spec.STYLE: [[1, 32, 32, 3], [2, 256, 256, 3], [2, 1024, 1024, 3]]}
 
@@ -257,6 +262,75 @@ def test_graph_choice(own_checkpoint, tmp_path, exporter, argv, graph):
     model = onnx.load(str(tmp_path / "generator.onnx"))
     assert read_export_metadata(tmp_path / "generator.onnx").graph == graph
     assert any(node.op_type == "Unique" for node in model.graph.node) == (graph == "sparse")
+
+
+AMX_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+
+
+def test_bf16_export_on_amx_takes_the_dense_graph_and_prints_its_quality(own_checkpoint, tmp_path, capsys,
+                                                                         monkeypatch):
+    """With AMX (faked: the graph follows the flags; OpenVINO runs bf16 on this CPU's own bf16 hardware) the export
+    is the dense graph in OpenVINO at bf16, recorded in the metadata; the table shows its quality beside eager
+    float32's, not judged by the tolerance, and the encoder-less export still passes."""
+    if not set(BF16_FLAGS) & cpu_flags():
+        pytest.skip("this CPU has no bf16 hardware: OpenVINO would run the export in f32")
+    if openvino_unavailable():
+        pytest.skip(openvino_unavailable())
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX_FLAGS)
+    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1",
+                       "--precision", "bf16"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "precision: bf16 on AMX: our dense graph in OpenVINO" in captured.err
+    metadata = read_export_metadata(tmp_path / "generator.onnx")
+    assert (metadata.graph, metadata.precision, metadata.runtime) == ("dense", "bf16", "openvino")
+    assert "image_float  OpenVINO bf16" in captured.out and "not judged (bf16: see its quality)" in captured.out
+    quality_rows = {line.split()[0]: line.split() for line in captured.out.splitlines()
+                    if line.startswith(("eager float32 ", "OpenVINO bf16 "))}
+    assert set(quality_rows) == {"eager", "OpenVINO"}  # PSNR and the 1- and 2-level shares beside eager's
+    psnr, within_1, within_2 = quality_rows["OpenVINO"][4:7]
+    assert float(psnr) > 30 and 0 < float(within_1.rstrip("%")) <= float(within_2.rstrip("%")) <= 100
+    assert json.loads((tmp_path / "parity.json").read_text())["precision"] == "bf16"
+
+
+def test_bf16_without_bf16_hardware_says_so_and_exports_fp32(own_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    status = cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path), "--parity-samples", "1",
+                       "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert ("bf16 is not available here; exporting fp32 (this CPU has no bf16 hardware: neither amx_bf16 nor "
+            "avx512_bf16): our sparse graph in ONNX Runtime\n") in err
+    metadata = read_export_metadata(tmp_path / "generator.onnx")
+    assert (metadata.graph, metadata.precision, metadata.runtime) == ("sparse", "fp32", "onnxruntime")
+    assert OnnxGenerator(tmp_path / "generator.onnx").precision == "fp32"
+
+
+@pytest.mark.parametrize("argv, openvino, status, message", [
+    (["--precision", "fp16"], True, 2, "fp16 is for NVIDIA GPUs: use `spade-deploy export trt --precision fp16`"),
+    (["--precision", "bf16", "--repository", "{out}/repository"], True, 2,
+     "--repository: a bf16 export runs in OpenVINO, which the Triton repository's models do not"),
+    (["--precision", "bf16"], False, 1, 'a bf16 export runs in OpenVINO, but OpenVINO is not installed (pip install '
+                                        '"spade-deploy[openvino]")'),
+])
+def test_what_a_precision_cannot_do_fails_before_the_export(own_checkpoint, tmp_path, capsys, monkeypatch, argv,
+                                                            openvino, status, message):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    if not openvino:
+        monkeypatch.setattr(pipeline, "openvino_unavailable",
+                            lambda: 'OpenVINO is not installed (pip install "spade-deploy[openvino]")')
+    out = tmp_path / "out"
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(out),
+                     *(arg.format(out=out) for arg in argv)]) == status
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, chosen", [([], "fp16"), (["--precision", "fp32"], "fp32"), (["--fp32"], "fp32"),
+                                          (["--fp16"], "fp16")])
+def test_trt_precision_is_the_engines(argv, chosen):
+    args = cli.build_parser().parse_args(["export", "trt", "G.pt", "--out", "out", *argv])
+    assert args.precision == chosen
 
 
 def test_trt_offers_only_graphs_tensorrt_builds(own_checkpoint, tmp_path, capsys):

@@ -1,12 +1,15 @@
 """The parity check judges every export against the model in float64, eager float32 included."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from spade_deploy.export.parity import EAGER, Comparison, ParityError, check, format_table
+from spade_deploy.export.parity import (EAGER, Comparison, ParityError, Quality, check, format_quality, format_table,
+                                        quality)
 from spade_deploy.export.pipeline import export_onnx
 from spade_deploy.model.checkpoint import save_generator
 from spade_deploy.model.config import GeneratorConfig
@@ -46,3 +49,36 @@ def test_an_export_with_large_activations_is_judged_against_float64(tmp_path: Pa
     assert set(rows) == {("image_float", EAGER), ("image_float", "graph in PyTorch"), ("image_float", "ONNX Runtime")}
     assert 0 < rows["image_float", EAGER].max_abs < 1e-4  # eager float32 is itself measured, and not exact
     assert all(row.ok(1e-4) for row in exported.parity)
+
+
+def test_quality_against_float64() -> None:
+    level = 2 / 255  # one 8-bit level on the [-1, 1] scale
+    reference = np.full((1, 3, 2, 2), 100 * level - 1)  # level 100 exactly
+    assert quality(reference, reference) == Quality(0.0, None, 1.0, 1.0)
+    output = reference.copy()
+    output[0, 0, 0, 0] += 2 * level  # one channel of one pixel: that pixel is 2 levels off
+    output[0, 2, 1, 1] -= 0.6 * level  # rounds to 99: that pixel is 1 level off
+    measured = quality(output.astype(np.float32), reference)
+    assert measured.max_abs_diff == pytest.approx(2 * level, rel=1e-5)
+    mse = ((2 * level) ** 2 + (0.6 * level) ** 2) / 12
+    assert measured.psnr_db == pytest.approx(10 * math.log10(4 / mse), rel=1e-5)
+    assert (measured.within_1_level, measured.within_2_levels) == (0.75, 1.0)
+    worse = measured.worse(Quality(0.5, 60.0, 0.9, 0.5))
+    assert worse == Quality(0.5, measured.psnr_db, 0.75, 0.5)
+    assert Quality(0.0, None, 1.0, 1.0).worse(measured) == measured
+
+
+def test_reduced_precision_is_measured_and_shown_not_judged() -> None:
+    """A bf16 runtime far outside the fp32 bound passes the check, says why, and its quality is printed beside eager
+    float32's; the graph in PyTorch stays judged."""
+    eager = Comparison("image_float", EAGER, 1e-6, 0.0, 1e-6, quality=Quality(1e-6, 120.0, 1.0, 1.0))
+    bf16 = Comparison("image_float", "OpenVINO bf16", 0.1, 0.03, 1e-6, "bf16", Quality(0.1, 42.31, 0.31, 0.61))
+    graph = Comparison("image_float", "graph in PyTorch", 5e-4, 0.0, 1e-6)
+    assert bf16.ok(1e-4) and not bf16.judged and graph.judged and not graph.ok(1e-4)
+    check([eager, bf16], 1e-4)
+    with pytest.raises(ParityError, match="graph in PyTorch image_float"):
+        check([eager, bf16, graph], 1e-4)
+    assert "OpenVINO bf16      1.00e-01   3.00e-02  not judged (bf16: see its quality)" in format_table([eager, bf16])
+    lines = format_quality([eager, bf16, graph]).splitlines()
+    assert len(lines) == 3  # a header, and the rows that measured image quality
+    assert lines[2].split() == ["OpenVINO", "bf16", "bf16", "1.00e-01", "42.3", "31.00%", "61.00%"]

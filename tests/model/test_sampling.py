@@ -48,7 +48,8 @@ def test_encode_style_gives_mu_or_a_seeded_sample() -> None:
 def test_the_torch_free_modules_import_no_torch() -> None:
     """What the client and the served models import: numpy, onnx, onnxruntime, tritonclient, pillow only."""
     modules = ["spade_deploy.client", "spade_deploy.model.io_spec", "spade_deploy.model.sampling",
-               "spade_deploy.export.metadata", "spade_deploy.export.runtime", "spade_deploy.serve.served_model",
+               "spade_deploy.export.metadata", "spade_deploy.export.precision", "spade_deploy.export.runtime",
+               "spade_deploy.serve.served_model",
                "spade_deploy.serve.repository", "spade_deploy.serve.server"]
     code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,13 +3,16 @@ spade_deploy.model.io_spec says; TensorRT engines (fake plan files here) become 
 is the engines' own; the repository is replaced whole; impossible requests are refused."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from spade_deploy.export import tensorrt
+from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.tensorrt import EngineOptions, write_engine
 from spade_deploy.model import io_spec, memory
 from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, ServedModel
@@ -140,6 +143,16 @@ def test_refuses_what_cannot_be_served(exported_vae: Exported, exported_segmap: 
         write_repository(tmp_path / "g", generator, variant="gpu", max_request_memory=2 ** 40)
     with pytest.raises(ValueError, match="max_request_memory must be a positive number of bytes, got '8GiB'"):
         write_repository(tmp_path / "h", generator, max_request_memory="8GiB")
+    bf16 = onnx.load(str(exported_segmap.generator_onnx))  # the same graph, recorded as a bf16 export
+    del bf16.metadata_props[:]
+    for key, value in replace(read_export_metadata(exported_segmap.generator_onnx), precision="bf16",
+                              runtime="openvino").to_props().items():
+        bf16.metadata_props.add(key=key, value=value)
+    onnx.save(bf16, str(tmp_path / "bf16.onnx"))
+    for variant in VARIANTS:
+        with pytest.raises(ValueError, match=r"bf16\.onnx: a bf16 export runs in OpenVINO, which the Triton "
+                                             r"repository's models do not .* export with --precision fp32"):
+            write_repository(tmp_path / "i", tmp_path / "bf16.onnx", variant=variant)
     foreign = tmp_path / "foreign"
     (foreign / "other_model").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"holds \['other_model'\], which are not spade models"):

@@ -1,0 +1,77 @@
+"""Precision as an export choice: which graph and runtime settings are fastest at a precision on this CPU.
+
+`fp32` (the default) is exact: the boundary-sparse graph in ONNX Runtime, checked against the float64 model. `bf16`
+needs bf16 hardware (AMX, or AVX512-BF16) and runs in OpenVINO with its precision hint pinned to bf16; which graph
+is fastest there was measured: with AMX, dense convolutions get so cheap that the dense graph wins, while the sparse
+graph's gathers and layout changes gain nothing; with AVX512-BF16 alone, bf16 dot products run at only about twice
+the fp32 rate, too little to make up for the dense graph's extra work, so the sparse graph stays ahead. A CPU without
+bf16 hardware gets fp32, and the choice says why. `fp16` is for GPUs: TensorRT engines (`export trt`).
+
+The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.
+Torch-free: the export metadata and the runtime wrapper read these names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Precisions, named for the arithmetic of the heavy ops (convs and matmuls). TF32 is a GPU's fp32 mode (benchmarks).
+FP32, TF32, BF16, FP16 = "fp32", "tf32", "bf16", "fp16"
+CPU_PRECISIONS = (FP32, BF16)  # what `export onnx` offers; FP16 belongs to `export trt`
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"  # the runtimes an export can record
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bf16 hardware
+_CPUINFO = Path("/proc/cpuinfo")
+_RUNTIME_NAMES = {ONNXRUNTIME: "ONNX Runtime", OPENVINO: "OpenVINO"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How an export runs at a precision on this CPU, and why."""
+    graph: str  # the spade_deploy.export.metadata.GRAPHS entry
+    precision: str  # what the runtime is asked for (a runtime that chooses reports what it chose)
+    runtime: str  # ONNXRUNTIME or OPENVINO
+    reason: str  # why this precision and graph: "on AMX", "(exact)", …
+
+    @property
+    def why(self) -> str:
+        """One line: the precision, why, and what runs it."""
+        return f"{self.precision} {self.reason}: our {self.graph} graph in {_RUNTIME_NAMES[self.runtime]}"
+
+
+def cpu_flags() -> set[str]:
+    """The feature flags of the first processor in /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = _CPUINFO.read_text()
+    except OSError:
+        return set()
+    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
+
+
+def choose(precision: str, flags: set[str] | None = None) -> Choice:
+    """The graph and runtime fastest at `precision` on a CPU with these /proc/cpuinfo `flags` (default: this CPU's);
+    `bf16` without bf16 hardware falls back to the exact fp32 choice, saying so. `fp16` and unknown names are a
+    `ValueError`."""
+    if precision == FP16:
+        raise ValueError("fp16 is for NVIDIA GPUs: use `spade-deploy export trt --precision fp16` (a TensorRT engine); "
+                         f"`export onnx` offers {' and '.join(CPU_PRECISIONS)}")
+    if precision not in CPU_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(CPU_PRECISIONS)} (fp16: `export trt`), got {precision!r}")
+    if precision == FP32:
+        return Choice("sparse", FP32, ONNXRUNTIME, "(exact)")
+    flags = cpu_flags() if flags is None else flags
+    if not set(BF16_FLAGS) & flags:
+        return Choice("sparse", FP32, ONNXRUNTIME, "(this CPU has no bf16 hardware: neither amx_bf16 nor avx512_bf16)")
+    if "amx_bf16" in flags:
+        return Choice("dense", BF16, OPENVINO, "on AMX")
+    return Choice("sparse", BF16, OPENVINO, "on AVX512-BF16 (no AMX)")
+
+
+def fastest_choice(flags: set[str], openvino_installed: bool) -> Choice:
+    """Our fastest export at the best reduced precision a CPU with these flags offers (the bench's `fast`): bf16's
+    choice, or fp32 where there is no bf16 hardware or no OpenVINO to run it."""
+    choice = choose(BF16, flags)
+    if choice.runtime == OPENVINO and not openvino_installed:
+        return Choice("sparse", FP32, ONNXRUNTIME, "(this CPU has bf16 hardware, but OpenVINO, which would run bf16, "
+                                                   "is not installed)")
+    return choice
