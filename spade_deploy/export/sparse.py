@@ -38,7 +38,8 @@ from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
 DENSE_BELOW = 16
 # Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd F(2x2, 3x3)
 # (spade_deploy.export.winograd): below it the MatMuls save more than the transforms cost, above it they do not
-# (A/B runs on ADE20K 256x256 chose it). The cost is size: Winograd weights are 16/9 of the 3x3 ones.
+# (A/B runs on ADE20K 256x256 chose it). The file keeps their 3x3 weights; the runtime computes the Winograd ones
+# (16/9 the size) when it loads the model, which costs load time, not file size or peak memory.
 WINOGRAD_UP_TO = 64
 
 

@@ -1,9 +1,11 @@
 """A 3x3 convolution (stride 1, zero padding 1) by Winograd's minimal filtering F(2x2, 3x3): the same function with
 16 multiplications per 2x2 output tile and channel pair instead of 36.
 
-Per tile, `Y = A^T [(G W G^T) . (B^T D B)] A` for the 4x4 input tile D (stride 2). `U = G W G^T` is computed once
-(in float64) and stored, 16/9 the size of the 3x3 weight; the transforms of D and of the product are additions and
-subtractions, and the product is one MatMul per tile position (16). The rounding differs from a direct
+Per tile, `Y = A^T [(G W G^T) . (B^T D B)] A` for the 4x4 input tile D (stride 2). The module stores the 3x3 weight
+W only: `U = G W G^T` is one Einsum of two constants per tile position, which ONNX Runtime and OpenVINO fold into
+constants when they load the model (and ONNX Runtime then pre-packs as MatMul weights). The TorchScript exporter does
+not fold Einsum, so the file holds W rather than U, which is 16/9 its size. The transforms of D and of the product are
+additions and subtractions, and the product is one MatMul per tile position (16). The rounding differs from a direct
 conv by a few float32 ulps of the result.
 
 It pays where the MatMuls dominate the memory-bound transforms: many channels at low resolution (on a 2-core CPU in
@@ -16,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Row 4a + b: the coefficients of U[a][b] = (G W G^T)[a, b] over the 9 taps (3y + x), G[a, y] G[b, x]. Products of
+# 0, +-1/2 and 1: exact in float32.
+_TAP_COEFFICIENTS = torch.einsum("ay,bx->abyx", _G, _G).reshape(16, 9)
 
 
 def _input_transform(pairs: torch.Tensor, axis: int) -> list[torch.Tensor]:
@@ -44,22 +49,27 @@ class WinogradConv3x3(nn.Module):
         if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
             raise ValueError(f"WinogradConv3x3 needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; "
                              f"got {conv}")
-        weight = conv.weight.detach().double()  # [O, C, 3, 3]
+        weight = conv.weight.detach()  # [O, C, 3, 3]
         self.out_channels = weight.shape[0]
-        # U[a][b] = (G W G^T)[a, b] as [C, O]. One 2-D constant per tile position, not a [16, C, O] batch: ONNX
-        # Runtime pre-packs only 2-D MatMul weights, and would repack a batch on every call.
-        u = torch.einsum("ay,oiyx,bx->abio", _G, weight, _G).float()
-        for a in range(4):
-            for b in range(4):
-                self.register_buffer(f"u{a}{b}", u[a, b].contiguous())
+        # Taps last, so that contracting them gives each tile position's [C, O] matrix directly: ONNX Runtime
+        # pre-packs only 2-D MatMul weights (a [16, C, O] batch it would repack on every call).
+        self.register_buffer("taps", weight.permute(1, 0, 2, 3).reshape(weight.shape[1], self.out_channels, 9)
+                             .contiguous())  # [C, O, 9]
+        self.register_buffer("tap_coefficients", _TAP_COEFFICIENTS.clone(), persistent=False)  # [16, 9]
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(self.out_channels)
         self.register_buffer("bias", bias.clone())
+
+    def transformed_weight(self, a: int, b: int) -> torch.Tensor:
+        """U[a][b] = (G W G^T)[a, b] as [C, O]: in the exported graph an Einsum of two constants, which the runtime
+        folds at load. (ONNX Runtime folds a MatMul of [C, O, 9] by [9] about 100x slower, as a batch of C
+        products.)"""
+        return torch.einsum("cot,t->co", self.taps, self.tap_coefficients[4 * a + b])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, c = x.shape  # [N, H, W, C]
         padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # [N, H + 2, W + 2, C]
         rows = _input_transform(padded.reshape(n, h // 2 + 1, 2, w + 2, c), 1)  # 4 x [N, H/2, W + 2, C]
-        m = [[tile @ getattr(self, f"u{a}{b}")  # [N, H/2, W/2, O]
+        m = [[tile @ self.transformed_weight(a, b)  # [N, H/2, W/2, O]
               for b, tile in enumerate(_input_transform(row.reshape(n, h // 2, w // 2 + 1, 2, c), 2))]
              for a, row in enumerate(rows)]
         by_column = [_output_transform(list(column)) for column in zip(*m)]  # [b][i]: A^T over the rows a
