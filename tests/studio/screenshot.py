@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spade_deploy.data.landscapes import CLOUD, MOUNTAIN, SNOW, WATER
+from spade_deploy.data.landscapes import CLOUD, GRASS, MOUNTAIN, SNOW, WATER
 from tests.studio import browser
 from tests.studio.browser import choose, click, stroke, wait, wait_for_result
 from tests.studio.process import Studio
@@ -19,7 +19,8 @@ RIDGE = [(0, 74), (14, 60), (27, 66), (44, 40), (58, 55), (70, 47), (86, 66), (1
 
 
 def paint(driver) -> None:
-    """A mountain range (its ridge drawn, the slope filled), snow on the top, clouds, and a lake in front."""
+    """A mountain range (its ridge drawn, the slope filled), snow on the top, clouds, a lake in front and a grass
+    shore."""
     click(driver, f'.swatch[data-class="{MOUNTAIN}"]')
     choose(driver, "brush-size", "4")
     stroke(driver, [(x + 0.5, y + 0.5) for x, y in RIDGE])
@@ -35,8 +36,11 @@ def paint(driver) -> None:
     stroke(driver, [(78.5, 24.5), (108.5, 22.5)])
     click(driver, f'.swatch[data-class="{WATER}"]')
     choose(driver, "brush-size", "32")
-    stroke(driver, [(2.5, 104.5), (-8.5, 104.5), (136.5, 104.5)])
-    stroke(driver, [(2.5, 124.5), (-8.5, 124.5), (136.5, 124.5)])
+    stroke(driver, [(2.5, 88.5), (-8.5, 88.5), (136.5, 88.5)])
+    stroke(driver, [(2.5, 100.5), (-8.5, 100.5), (136.5, 100.5)])
+    click(driver, f'.swatch[data-class="{GRASS}"]')
+    choose(driver, "brush-size", "16")
+    stroke(driver, [(2.5, 122.5), (-8.5, 122.5), (136.5, 122.5)])
 
 
 def main() -> int:
