@@ -37,7 +37,7 @@ from spade_deploy.serve.server import free_port
 from tests.fixtures.readme import (TINY_ENCODER, label_map, official_encoder, official_generator, style_image,
                                    tiny_config)
 from tests.fixtures.serving import require_triton
-from tests.serve.test_supervision import Serve
+from tests.fixtures.serve_process import Serve
 from tests.studio.process import Studio
 
 ROOT = Path(__file__).resolve().parents[1]

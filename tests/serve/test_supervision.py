@@ -4,15 +4,10 @@ its own server, since it kills parts of it."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +18,8 @@ import pytest
 from spade_deploy.client import SpadeClient, SpadeClientError
 from spade_deploy.model import io_spec
 from spade_deploy.serve.repository import write_repository
-from spade_deploy.serve.server import SHM_DIR, Stub, free_port, python_stubs
+from spade_deploy.serve.server import SHM_DIR
+from tests.fixtures.serve_process import Serve
 from tests.fixtures.serving import Exported, require_triton
 
 RECOVERY_DEADLINE = 60.0  # seconds: generous, the machine is shared; a recovery takes a few seconds
@@ -36,77 +32,6 @@ def repository(exported_segmap: Exported, tmp_path_factory: pytest.TempPathFacto
     path = tmp_path_factory.mktemp("supervised") / "repository"
     write_repository(path, exported_segmap.generator_onnx, instances=2)
     return path
-
-
-class Serve:
-    """`spade-deploy serve` in a subprocess, its output collected line by line."""
-
-    def __init__(self, repository: Path, log: Path) -> None:
-        self.ports = {kind: free_port() for kind in ("grpc", "http", "metrics")}
-        self.log = log  # the server's log, kept for a failing test's report
-        command = [sys.executable, "-m", "spade_deploy.cli", "serve", "--repository", str(repository),
-                   f"--log-file={log}", *(f"--{kind}-port={port}" for kind, port in self.ports.items())]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._new: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.shm_regions: set[str] = set()  # every region a stub of this server was seen with
-        self.wait_for("Ctrl-C stops the server", 180)
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-            self._new.put(line)
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.ports['grpc']}"
-
-    def wait_for(self, pattern: str, timeout: float) -> str:
-        """The next output line that matches `pattern`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._new.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.output}") from None
-            if re.search(pattern, line):
-                return line
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def server_pid(self) -> int:
-        children = [int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-                    .read_text().split()]
-        assert len(children) == 1, (children, self.output)
-        return children[0]
-
-    def stubs(self) -> list[Stub]:
-        stubs = python_stubs(self.server_pid())
-        self.shm_regions.update(stub.shm_region for stub in stubs)
-        return stubs
-
-    def ready(self, model: str | None = None) -> bool:
-        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}{path}", timeout=5) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def stop(self) -> float:
-        """SIGTERM, as a service manager stops it; the seconds until it exited (with status 0, asserted)."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=120) == 0, self.output
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
