@@ -352,8 +352,10 @@ async function synthesize(map) {
   link.removeAttribute("aria-disabled");
   $("latency").textContent = `model ${state.result.latencyMs.toFixed(0)} ms · round trip ${roundTrip.toFixed(0)} ms`
     + (state.result.seed !== null ? ` · seed ${state.result.seed}` : "");
+  // Clear only a failed synthesis's message: one about a file the user just tried to load stays, even when the
+  // image of the map before it arrives after it.
+  if (state.error !== null) showStatus("");
   state.error = null;
-  showStatus("");
 }
 
 function failed(message) {
