@@ -156,5 +156,9 @@ def test_stop_right_after_a_stub_kill_is_clean(serve: Serve) -> None:
     os.kill(victim.pid, signal.SIGKILL)
     seconds = serve.stop()
     print(f"stopped {seconds:.1f} s after a stub kill")
-    assert "stopped (tritonserver exit status 0)" in serve.output  # a clean exit, not the SIGKILL after 30 s
+    # Triton's clean exit, or, when the supervisor had begun a reload before the stop (it checks every 0.5 s), its
+    # end of a server whose shutdown waits on the replaced version: either way not Triton's own kill after 30 s.
+    clean = "stopped (tritonserver exit status 0)" in serve.output
+    ended = "every current model was unloaded; tritonserver was then ended" in serve.output
+    assert clean or ended, serve.output
     assert_no_shm_left(serve)
