@@ -12,6 +12,7 @@ administrative APIs (model load/unload, shared memory, logging, trace) to reques
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -170,11 +171,11 @@ class TritonServer:
         if not any(self.repository.glob("*/config.pbtxt")):
             raise ValueError(f"{self.repository} is not a model repository (no <model>/config.pbtxt inside); write "
                              f"one with spade_deploy.serve.repository.write_repository")
+        chosen = [kind for kind, port in self.ports.items() if port is None]
         for kind, port in self.ports.items():
-            if port is None:
-                self.ports[kind] = free_port(self.host)
-            else:
+            if port is not None:
                 _check_port_free(self.host, port, kind)
+        self.ports.update(zip(chosen, free_ports(len(chosen), self.host)))
         self._work_dir = Path(tempfile.mkdtemp(prefix="spade-triton-"))
         try:
             self._launch(installation)
@@ -383,9 +384,17 @@ def _connect_host(host: str) -> str:
 
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port free on `host` now (another process could take it before it is bound; start() reports that)."""
-    with socket.socket() as probe:
-        probe.bind((_connect_host(host), 0))
-        return probe.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """`count` different TCP ports free on `host` now: all are held open together while chosen, so the system
+    cannot hand the same port out twice (as it may to probes opened one after another)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((_connect_host(host), 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def _check_port_free(host: str, port: int, kind: str) -> None:

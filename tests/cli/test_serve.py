@@ -16,7 +16,7 @@ from spade_deploy import cli
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import read_rgb
 from spade_deploy.model.labels import write_label_png
-from spade_deploy.serve.server import free_port
+from spade_deploy.serve.server import free_ports
 from spade_deploy.serve.repository import write_repository
 from tests.fixtures.serving import Exported, require_triton
 
@@ -29,9 +29,9 @@ def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported
     for index, label in enumerate(feed[io_spec.LABEL]):
         labels.append(tmp_path / f"map{index}.png")
         write_label_png(labels[-1], label, exported_segmap.config)
-    grpc_port = free_port()
+    grpc_port, http_port, metrics_port = free_ports(3)
     command = [sys.executable, "-m", "spade_deploy.cli", "serve", "--repository", str(tmp_path / "repository"),
-               "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port())]
+               "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
