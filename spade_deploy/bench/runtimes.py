@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime
 import torch
 
+from spade_deploy.errors import Failure
 from spade_deploy.export.graphs import generator_graph
 from spade_deploy.export.metadata import GRAPHS
 from spade_deploy.export.precision import FP16, FP32, OPENVINO, TF32, cpu_flags, fastest_choice
@@ -179,7 +180,7 @@ def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
 
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
     if engine is None:
-        raise RuntimeError(f"TensorRT could not load the engine {plan}")
+        raise Failure(f"TensorRT could not load the engine {plan}")
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
     inputs = [name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT]
@@ -197,7 +198,7 @@ def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
             context.set_tensor_address(name, tensor.data_ptr())
         stream = torch.cuda.current_stream()  # the one the copies above were queued on
         if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run the engine {plan}")
+            raise Failure(f"TensorRT failed to run the engine {plan}")
         return tensors[io_spec.IMAGE_FLOAT].cpu().numpy()  # waits for the stream
     return Runner(run, precision)
 

@@ -25,15 +25,21 @@ _OPENVINO_TYPES = {FP32: "f32", BF16: "bf16"}  # our precision -> OpenVINO's INF
 _FROM_OPENVINO = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
 
 
-def make_session(path: str | Path, *, threads: int | None = None,
-                 providers: list[str] | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session with full graph optimisation; `threads` caps intra-op threads."""
+def make_session(path: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
+                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session with the deployment's options (`session_options`) or the given ones."""
     path = _existing(path)
+    return ort.InferenceSession(str(path), options or session_options(threads),
+                                providers=providers or ["CPUExecutionProvider"])
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The deployment's ONNX Runtime options: full graph optimisation; `threads` caps intra-op threads."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    return options
 
 
 def openvino_unavailable() -> str | None:

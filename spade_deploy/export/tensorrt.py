@@ -80,7 +80,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise Failure(f"TensorRT could not parse {onnx_path}: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
@@ -104,7 +104,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+        raise Failure(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     return write_engine(engine_path, bytes(serialized), onnx_path, options, tensorrt_version=trt.__version__,
                         gpu=torch.cuda.get_device_name(0))
 

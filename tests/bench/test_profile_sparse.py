@@ -1,0 +1,44 @@
+"""benchmarks/profile_sparse.py: one tiny run writes its tables, every profiled node has a kind, and they add up."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_sparse.py"
+
+
+@pytest.fixture(scope="module")
+def profile_sparse():
+    spec = importlib.util.spec_from_file_location("profile_sparse", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kinds_follow_the_exporters_node_names(profile_sparse) -> None:
+    kind = profile_sparse.kind
+    assert kind("/core/blocks.6/conv_0/conv/Conv_output_0_nchwc", "Conv") == "main conv"
+    assert kind("/core/blocks.3/conv_0/MatMul_4", "MatMul") == "main conv"  # a Winograd tile position
+    assert kind("/core/blocks.3/conv_0/Sub_2", "Sub") == "winograd transforms"
+    assert kind("/core/blocks.4/mod_s/MatMul", "MatMul") == "boundary table"
+    assert kind("/core/blocks.4/mod_s/Gather_1", "Gather") == "modulation gathers"
+    assert kind("/core/blocks.4/mod_0/ReduceSum", "ReduceSum") == "modulation sums"
+    assert kind("/core/blocks.4/mod_0/Add_1", "Add") == "modulation x*A+B"
+    assert kind("/core/Unique_3", "Unique") == "label bookkeeping"
+    assert kind("ReorderInput_token_12", "ReorderInput") == "layout"
+    assert kind("image_float_nchwc", "Conv") == "main conv"
+
+
+def test_a_tiny_run_writes_tables_that_add_up(profile_sparse, tmp_path: Path) -> None:
+    assert profile_sparse.main(["--out", str(tmp_path), "--ngf", "4", "--size", "32", "--calls", "2",
+                                "--warmup", "1"]) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    total = sum(node["ms"] for node in result["nodes"])
+    assert total > 0
+    assert sum(result["by_kind"].values()) == pytest.approx(total)
+    assert sum(sum(kinds.values()) for kinds in result["by_block"].values()) == pytest.approx(total)
+    assert result["machine"]["cpu_id"] and result["setup"]["size"] == "32x32"
+    assert "| main conv |" in (tmp_path / "README.md").read_text()
