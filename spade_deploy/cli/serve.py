@@ -2,8 +2,8 @@
 
 Starts the tritonserver of the nvidia-pytriton wheel (spade_deploy.serve), waits until every model is ready, prints
 the endpoints, and runs until Ctrl-C or SIGTERM, which it forwards for a clean shutdown. Meanwhile a supervisor
-(spade_deploy.serve.supervisor) reloads a model whose python-backend process died and restarts a server that died,
-printing what it did. Triton's administrative APIs (model load/unload, shared memory, logging, trace) need a key that
+(spade_deploy.serve.supervisor) reloads a model whose python-backend process died or hung and restarts a server that
+died, printing what it did. Triton's administrative APIs (model load/unload, shared memory, logging, trace) need a key that
 only this command holds, unless it is shared through --admin-key-file.
 """
 from __future__ import annotations
@@ -18,9 +18,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from spade_deploy.cli.arguments import positive_seconds, seconds_or_zero
 from spade_deploy.serve.server import (ADMIN_HEADER, DEFAULT_HOST, DEFAULT_PORTS, RESTRICTED_APIS, ServerError,
                                        TritonServer)
-from spade_deploy.serve.supervisor import Supervisor
+from spade_deploy.serve.supervisor import EXECUTE_TIMEOUT, STALL_TIMEOUT, Supervisor
+
+
+SUPERVISED = "supervised: a model that dies or hangs, or a server that dies, is brought back"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-supervise", dest="supervise", action="store_false",
                         help="do not reload a model whose process died nor restart a server that died; exit when "
                              "the server exits")
+    parser.add_argument("--stall-timeout", type=positive_seconds, default=STALL_TIMEOUT, metavar="S",
+                        help=f"supervision: a model process that gives no sign of life for S seconds (stopped, "
+                             f"frozen) is ended and its model loaded again (default {STALL_TIMEOUT:.0f})")
+    parser.add_argument("--execute-timeout", type=seconds_or_zero, default=EXECUTE_TIMEOUT, metavar="S",
+                        help=f"supervision: a model process inside one execution for S seconds is ended and its "
+                             f"model loaded again; 0: no limit (default {EXECUTE_TIMEOUT:.0f}, far above a full "
+                             f"batch of the largest preset on 2 cores)")
     parser.add_argument("--admin-key-file", type=Path, metavar="FILE",
                         help=f"the key of Triton's admin APIs ({', '.join(RESTRICTED_APIS)}), sent as the "
                              f"'{ADMIN_HEADER}' header: read from FILE, or made and written there (mode 0600) when "
@@ -54,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, startup_timeout=args.startup_timeout,
                           log_file=args.log_file, admin_key=admin_key)
-    supervisor = Supervisor(server, report=report) if args.supervise else None
+    supervisor = (Supervisor(server, stall_timeout=args.stall_timeout, execute_timeout=args.execute_timeout or None,
+                             report=report) if args.supervise else None)
     # A service manager stops us with SIGTERM: end the same way as Ctrl-C, with a clean server shutdown.
     previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
@@ -66,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
               f"  metrics  {server.metrics_url}\n"
               f"  log      {server.log_path}\n"
               f"  admin    {', '.join(RESTRICTED_APIS)}: {admin}\n"
-              f"  {'supervised: a model or server that dies is brought back' if supervisor else 'not supervised'}\n"
+              f"  {SUPERVISED if supervisor else 'not supervised'}\n"
               f"Ctrl-C stops the server.", flush=True)
         if supervisor is not None:
             supervisor.run()  # returns only by an exception: Ctrl-C, SIGTERM, or a server it cannot keep running

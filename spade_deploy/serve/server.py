@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Literal
 
 from spade_deploy.errors import Failure
+from spade_deploy.serve import heartbeat
+from spade_deploy.serve.heartbeat import proc_stat, start_time
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # Triton's usual ports, for the CLI
@@ -82,6 +84,7 @@ class Stub:
     instance: str  # Triton's instance name, e.g. spade_generator_0_1
     shm_region: str  # its shared-memory region in /dev/shm
     alive: bool  # False for a zombie: killed, not yet reaped by the server
+    started: int | None = None  # its start time (clock ticks after boot), which its heartbeat records too
 
 
 def python_stubs(server_pid: int) -> list[Stub]:
@@ -90,11 +93,10 @@ def python_stubs(server_pid: int) -> list[Stub]:
     for directory in Path("/proc").iterdir():
         if not directory.name.isdigit():
             continue
+        fields = proc_stat(directory.name)
+        if fields is None or int(fields[1]) != server_pid:  # gone meanwhile, or not a child of this server
+            continue
         try:
-            # The command name in stat may hold spaces and parentheses: the fields after the last ")" are safe.
-            state, parent = (directory / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if int(parent) != server_pid:
-                continue
             argv = (directory / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:  # the process ended meanwhile
             continue
@@ -102,7 +104,7 @@ def python_stubs(server_pid: int) -> list[Stub]:
         if Path(argv[0]).name != STUB_NAME or len(argv) < 9:
             continue
         stubs.append(Stub(pid=int(directory.name), model=Path(argv[1]).parent.parent.name, instance=argv[8],
-                          shm_region=argv[2], alive=state not in ("Z", "X")))
+                          shm_region=argv[2], alive=fields[0] not in ("Z", "X"), started=start_time(fields)))
     return stubs
 
 
@@ -156,6 +158,11 @@ class TritonServer:
         if self._log_file is not None:
             return self._log_file
         return self._work_dir / "tritonserver.log" if self._work_dir is not None else None
+
+    @property
+    def heartbeat_dir(self) -> Path | None:
+        """Where the python-backend stubs of our models beat (`spade_deploy.serve.heartbeat`); None before start."""
+        return self._work_dir / "heartbeats" if self._work_dir is not None else None
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.log_path
@@ -211,8 +218,11 @@ class TritonServer:
             apis = ",".join(RESTRICTED_APIS)
             command += [f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self._admin_key}",
                         f"--http-restricted-api={apis}:{ADMIN_HEADER}={self._admin_key}"]
-        # The stub's embedded interpreter finds `python3` on PATH and uses that environment's site-packages.
-        environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        # The stub's embedded interpreter finds `python3` on PATH and uses that environment's site-packages; our
+        # models' stubs beat in the heartbeat folder (spade_deploy.serve.heartbeat).
+        self.heartbeat_dir.mkdir()
+        environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                           **{heartbeat.ENVIRONMENT: str(self.heartbeat_dir)})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             # Own session: a Ctrl-C in the terminal reaches only us, and `stop` forwards it once.

@@ -1,4 +1,4 @@
-"""Keep a `TritonServer` serving: reload a model whose python-backend stub died, restart a server that died.
+"""Keep a `TritonServer` serving: reload a model whose python-backend stub died or hung, restart a server that died.
 
 Why it is needed (Triton 2.51's python backend): when a stub process is killed (by the kernel's OOM killer, say),
 nothing restarts it and nothing marks the model unready. Every request routed to that instance fails with "Stub
@@ -10,6 +10,9 @@ What the supervisor does, every `interval` seconds:
 - an instance has no live stub (gone, or a zombie) → unload the model and the models that call it (the pipeline
   calls the generator and the encoder), so that their readiness and the server's say "not ready" while they cannot
   serve, then load them again, callee first. A load that fails is retried with a growing pause (up to a minute).
+- a stub hangs: alive to Triton, which keeps routing requests to it, but it has not beaten for `stall_timeout`
+  seconds (stopped, frozen) or has been inside one execution for `execute_timeout` seconds
+  (`spade_deploy.serve.heartbeat`) → end it (SIGKILL), and the round after brings its model back as above.
 
 What Triton leaves behind, and how it is handled: a request that reached the dead instance keeps the replaced
 model version referenced, so Triton never finishes unloading it. Its surviving stubs keep a copy of the model in
@@ -31,11 +34,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from spade_deploy.model import io_spec
+from spade_deploy.serve import heartbeat
 from spade_deploy.serve.server import ServerError, TritonServer, python_stubs
 
 _logger = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 60.0  # seconds: the longest pause between two attempts to load a model that failed to load
 SHUTDOWN_GRACE = 3.0  # seconds a server gets to exit by itself once its current models are unloaded
+# Seconds without a heartbeat after which a stub counts as hung: 30 beats missed, far beyond any pause of a busy
+# machine (a stub beats from a thread of its own, also while it runs a model).
+STALL_TIMEOUT = 30.0
+# Seconds one execution may run before its stub counts as hung: far above a full dynamic batch of the largest preset
+# on a 2-core CPU (Cityscapes 512x256, batch 8, about 1 minute for the plain graph); None: no limit.
+EXECUTE_TIMEOUT = 600.0
 
 
 def spade_dependents(repository: str | Path) -> dict[str, list[str]]:
@@ -52,9 +62,13 @@ class Supervisor:
 
     def __init__(self, server: TritonServer, *, dependents: Mapping[str, Sequence[str]] | None = None,
                  interval: float = 0.5, linger: float = 30.0, restart_limit: int = 5, restart_window: float = 600.0,
+                 stall_timeout: float = STALL_TIMEOUT, execute_timeout: float | None = EXECUTE_TIMEOUT,
                  report: Callable[[str], None] | None = None) -> None:
         if interval <= 0 or linger <= 0:
             raise ValueError(f"interval and linger must be positive (seconds), got {interval} and {linger}")
+        if stall_timeout <= 0 or (execute_timeout is not None and execute_timeout <= 0):
+            raise ValueError(f"stall_timeout and execute_timeout must be positive (seconds), got {stall_timeout} and "
+                             f"{execute_timeout}")
         if restart_limit < 1:
             raise ValueError(f"restart_limit must be at least 1, got {restart_limit}")
         self.server = server
@@ -63,6 +77,9 @@ class Supervisor:
         self.linger = linger  # seconds a stub of a replaced model version may outlive the reload
         self.restart_limit = restart_limit  # server deaths within restart_window that end supervision
         self.restart_window = restart_window  # seconds
+        self.stall_timeout = stall_timeout  # seconds without a heartbeat after which a stub counts as hung
+        self.execute_timeout = execute_timeout  # seconds in one execution after which it does; None: no limit
+        self.hangs = 0  # hung stubs ended
         self.report = report if report is not None else _logger.warning
         self.restarts: list[float] = []  # monotonic times of the server restarts
         self.recoveries = 0  # models brought back after a stub died
@@ -84,7 +101,8 @@ class Supervisor:
             stop.wait(self.interval)
 
     def check(self) -> None:
-        """One round: restart a dead server, reload the models that lost a stub, end stubs left by a reload."""
+        """One round: restart a dead server, reload the models that lost a stub, end hung stubs (reloaded the round
+        after) and stubs left by a reload."""
         if self._down is None and self.server.pid is None:
             raise ServerError("the supervised server is not running; start it first")
         status = self.server.exit_status if self._down is None else self._down
@@ -102,6 +120,7 @@ class Supervisor:
         for model in broken:
             if model not in self._retry or self._retry[model][0] <= now:
                 self._recover(model)
+        self._end_hung_stubs()
         self._end_lingering_stubs()
 
     def stop(self, timeout: float = 30.0) -> int | None:
@@ -180,6 +199,24 @@ class Supervisor:
         self.recoveries += 1
         self.report(f"model {model!r} serving again ({', '.join(reversed(group))} reloaded in "
                     f"{time.monotonic() - started:.1f} s)")
+
+    def _end_hung_stubs(self) -> None:
+        """End the current stubs that hang (see the module docstring): dead, the next round brings them back."""
+        now = time.monotonic()
+        for stub in self.server.stubs():
+            if not stub.alive or stub.pid in self._replaced:
+                continue
+            why = heartbeat.hang_reason(heartbeat.read(self.server.heartbeat_dir, stub.pid), stub.started, now,
+                                        stall_timeout=self.stall_timeout, execute_timeout=self.execute_timeout)
+            if why is None:
+                continue
+            try:
+                os.kill(stub.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it ended by itself meanwhile: the next round sees it gone
+            self.hangs += 1
+            self.report(f"model {stub.model!r}: stub {stub.pid} of {stub.instance} {why}; ended it, to load the "
+                        f"model again")
 
     def _end_lingering_stubs(self) -> None:
         """A replaced version's stubs normally end within seconds of the reload; one that lingers belongs to a

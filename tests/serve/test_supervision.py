@@ -1,5 +1,6 @@
 """`spade-deploy serve` under its supervisor, as an operator sees it: a real tritonserver in a `serve` subprocess,
-real python-backend stubs killed with SIGKILL (what the OOM killer sends), a real SIGTERM to stop. Each test starts
+real python-backend stubs killed with SIGKILL (what the OOM killer sends) or stopped with SIGSTOP (a hang), a real
+SIGTERM to stop. Each test starts
 its own server, since it kills parts of it."""
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 
 from spade_deploy.client import SpadeClient, SpadeClientError
 from spade_deploy.model import io_spec
+from spade_deploy.serve import heartbeat
 from spade_deploy.serve.repository import write_repository
-from spade_deploy.serve.server import SHM_DIR
+from spade_deploy.serve.server import SHM_DIR, Stub
 from tests.fixtures.serve_process import Serve
 from tests.fixtures.serving import Exported, require_triton
 
@@ -88,6 +90,15 @@ class Traffic:
             time.sleep(0.1)
 
 
+def signal_a_generator_stub(serve: Serve, traffic: Traffic, signum: int) -> tuple[Stub, float]:
+    """Once the traffic is served, send `signum` to a generator stub: (that stub, when)."""
+    traffic.wait_successes(3, after=0.0, timeout=60)
+    victim = next(stub for stub in serve.stubs() if stub.model == io_spec.GENERATOR_MODEL)
+    sent = time.monotonic()
+    os.kill(victim.pid, signum)
+    return victim, sent
+
+
 def assert_no_shm_left(serve: Serve) -> None:
     assert serve.shm_regions, "no python-backend stub was ever seen"
     left = sorted(name for name in serve.shm_regions if (SHM_DIR / name).exists())
@@ -98,10 +109,7 @@ def test_a_killed_generator_stub_is_reloaded_while_readiness_says_not_ready(serv
                                                                              exported_segmap: Exported) -> None:
     labels = exported_segmap.inputs(1, seed=3)[io_spec.LABEL]
     with Traffic(serve, labels) as traffic:
-        traffic.wait_successes(3, after=0.0, timeout=60)
-        victim = next(stub for stub in serve.stubs() if stub.model == io_spec.GENERATOR_MODEL)
-        killed = time.monotonic()
-        os.kill(victim.pid, signal.SIGKILL)
+        victim, killed = signal_a_generator_stub(serve, traffic, signal.SIGKILL)
         serve.wait_for(rf"stub of {victim.instance} is gone", RECOVERY_DEADLINE)
         serve.wait_for(rf"model '{io_spec.GENERATOR_MODEL}' serving again", RECOVERY_DEADLINE)
         recovered = time.monotonic()
@@ -131,6 +139,35 @@ def test_a_killed_generator_stub_is_reloaded_while_readiness_says_not_ready(serv
     assert re.search(r"stopped \(tritonserver exit status 0\)|every current model was unloaded; tritonserver was "
                      r"then ended", serve.output), serve.output
     assert_no_shm_left(serve)
+
+
+def test_a_stopped_generator_stub_is_ended_and_its_model_reloaded(repository: Path, exported_segmap: Exported,
+                                                                  tmp_path: Path) -> None:
+    """SIGSTOP: the stub stays alive to Triton, which keeps routing requests to it; only its heartbeat tells."""
+    stall = 3.0
+    serve = Serve(repository, tmp_path / "tritonserver.log", f"--stall-timeout={stall}")
+    try:
+        labels = exported_segmap.inputs(1, seed=4)[io_spec.LABEL]
+        with Traffic(serve, labels) as traffic:
+            victim, stopped = signal_a_generator_stub(serve, traffic, signal.SIGSTOP)
+            serve.wait_for(rf"stub {victim.pid} of {victim.instance} has given no sign of life for \d+ s \(stopped "
+                           rf"or frozen\); ended it", RECOVERY_DEADLINE)
+            noticed = time.monotonic()
+            serve.wait_for(rf"model '{io_spec.GENERATOR_MODEL}' serving again", RECOVERY_DEADLINE)
+            recovered = time.monotonic()
+            traffic.wait_successes(10, after=recovered, timeout=RECOVERY_DEADLINE)
+        assert noticed - stopped >= stall - heartbeat.PERIOD  # its last beat came before the stop
+        assert victim.pid not in {stub.pid for stub in serve.stubs()}
+        assert any(stub.instance == victim.instance and stub.alive for stub in serve.stubs())
+        assert all(error is None for start, _, error in traffic.requests if start >= recovered)
+        print(f"noticed {noticed - stopped:.1f} s after SIGSTOP (stall timeout {stall:.0f} s), serving again "
+              f"{recovered - stopped:.1f} s after; stopped in {serve.stop():.1f} s")
+        assert_no_shm_left(serve)
+    finally:
+        if serve.process.poll() is None:
+            for stub in serve.stubs():  # a stopped process would hold the server's shutdown
+                os.kill(stub.pid, signal.SIGCONT)
+        serve.kill()
 
 
 def test_a_killed_server_is_restarted_on_the_same_ports(serve: Serve, exported_segmap: Exported) -> None:

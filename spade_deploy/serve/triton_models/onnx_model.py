@@ -4,7 +4,7 @@ run in ONNX Runtime. spade_deploy.serve.repository copies this file to `<model>/
 Inputs, outputs and their dtypes come from this model's config.pbtxt (written from spade_deploy.model.io_spec); the
 model description (`spade_model` parameter) gives the label range to check, and `max_request_memory` the memory one
 run may use. One response per request: a bad request (or one above the memory budget) gets an error response and the
-instance keeps serving.
+instance keeps serving. Once loaded, the instance beats for the supervisor (`spade_deploy.serve.heartbeat`).
 """
 import json
 from pathlib import Path
@@ -13,6 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from spade_deploy.export.runtime import make_session
+from spade_deploy.serve.heartbeat import Heartbeat
 from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel, check_request, runs_within_budget
 
 
@@ -25,8 +26,13 @@ class TritonPythonModel:
                                     threads=threads)
         self.outputs = {spec["name"]: pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, spec["name"])["data_type"]) for spec in config["output"]}
+        self.heartbeat = Heartbeat()
 
     def execute(self, requests):
+        with self.heartbeat.busy():
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = [None] * len(requests)
         # Requests run as one ONNX batch when their items have the same shapes (styles may differ in size) and the
         # batch stays within the memory budget (each request alone does: check_request).
@@ -58,6 +64,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        self.heartbeat.stop()
         self.session = None
 
 

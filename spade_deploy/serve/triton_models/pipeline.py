@@ -15,7 +15,8 @@ Latent of a VAE model, per item i (the library's own functions, so a served seed
 (`spade_deploy.model.sampling.style_or_seed_latent`, which the studio's in-process backends use too).
 A request whose estimated memory exceeds the repository's `max_request_memory` (its label maps, its style images) is
 refused before any call, and a dynamic batch of accepted requests goes to the generator in runs within that budget.
-No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast.
+No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast. Once
+loaded, the instance beats for the supervisor (`spade_deploy.serve.heartbeat`).
 """
 import json
 import secrets
@@ -25,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from spade_deploy.model import io_spec
 from spade_deploy.model.sampling import style_or_seed_latent
+from spade_deploy.serve.heartbeat import Heartbeat
 from spade_deploy.serve.served_model import ServedModel, check_request, runs_within_budget
 
 
@@ -34,8 +36,13 @@ class TritonPythonModel:
         self.model = ServedModel.from_model_config(config)
         self.image_dtype = pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, io_spec.IMAGE)["data_type"])
+        self.heartbeat = Heartbeat()
 
     def execute(self, requests):
+        with self.heartbeat.busy():
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = [None] * len(requests)
         accepted = []  # (request index, generator inputs)
         for index, request in enumerate(requests):
@@ -59,6 +66,9 @@ class TritonPythonModel:
         for run in runs_within_budget(accepted, self.model):
             self._generate(run, responses)
         return responses
+
+    def finalize(self):
+        self.heartbeat.stop()
 
     def _generate(self, run, responses):
         """One generator call for these accepted requests (the dynamic batcher gathered them)."""
