@@ -44,6 +44,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def server_addresses(text: str) -> list[str]:
+    """`--server`: gRPC addresses 'host:port', comma-separated (each checked by the client)."""
+    addresses = [address.strip() for address in text.split(",")]
+    if not all(addresses):
+        raise argparse.ArgumentTypeError(f"expected gRPC addresses 'host:port', comma-separated, got {text!r}")
+    return addresses
+
+
 def byte_size(text: str) -> int:
     """A memory size option: '8GiB', '512MiB', '2GB' (see spade_deploy.model.memory.parse_bytes) -> bytes."""
     try:
@@ -65,7 +73,9 @@ def add_model_source(parser: argparse.ArgumentParser, *, onnx: bool = False) -> 
         source.add_argument("--onnx", type=Path, metavar="generator.onnx",
                             help="generator ONNX export (spade-deploy export), run on the CPU with ONNX Runtime (or "
                                  "OpenVINO, for a bf16 export)")
-    source.add_argument("--server", metavar="HOST:PORT", help="a running `spade-deploy serve` (its gRPC port)")
+    source.add_argument("--server", type=server_addresses, metavar="HOST:PORT[,…]",
+                        help="a running `spade-deploy serve` (its gRPC port); several replicas, comma-separated, are "
+                             "tried in turn when one is unavailable")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, presets: Iterable[str] = PRESETS,

@@ -1,4 +1,4 @@
-"""`spade-deploy synthesize --server HOST:PORT`: the `synthesize` command through a running `spade-deploy serve`.
+"""`spade-deploy synthesize --server HOST:PORT[,…]`: the `synthesize` command through a running `spade-deploy serve`.
 
 The served pipeline draws a VAE model's latent as the local command does (one for all maps: the style image's mean,
 a seeded sample around it, or a seeded random one, seed 0 by default), so both give the same images up to float
@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, outputs):
         write_rgb(path, image)
-    print(f"wrote {len(outputs)} image{'s' if len(outputs) > 1 else ''} to {args.out} (served by {args.server})")
+    print(f"wrote {len(outputs)} image{'s' if len(outputs) > 1 else ''} to {args.out} (served by "
+          f"{', '.join(args.server)})")
     return 0

@@ -130,17 +130,18 @@ class OnnxBackend(Backend):
 
 
 class ServerBackend(Backend):
-    """The `spade` pipeline of a running `spade-deploy serve`, through `SpadeClient` (gRPC `HOST:PORT`).
+    """The `spade` pipeline of a running `spade-deploy serve`, through `SpadeClient` (gRPC `HOST:PORT`, or a list of
+    replicas tried in turn).
 
     Asks the server for its model at once, so an unreachable server stops `spade-deploy paint` before it serves."""
 
     kind = "triton"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | list[str]) -> None:
         from spade_deploy.client import SpadeClient
 
         self.client = SpadeClient(url)
-        self.source = url
+        self.source = url if isinstance(url, str) else ", ".join(url)
         try:
             served = self.client.served
         except BaseException:

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from spade_deploy import cli
-from spade_deploy.serve.server import free_port
+from spade_deploy.serve.server import free_port, free_ports
 from tests.studio.process import Studio
 
 
@@ -51,3 +51,11 @@ def test_paint_fails_when_the_server_is_not_there(capsys: pytest.CaptureFixture[
     address = f"127.0.0.1:{free_port()}"
     assert cli.main(["paint", "--server", address, "--port", "0"]) == cli.FAILURE
     assert f"spade-deploy paint: error: cannot reach the Triton server at {address}" in capsys.readouterr().err
+
+
+def test_paint_tries_every_replica_given(capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = (f"127.0.0.1:{port}" for port in free_ports(2))
+    assert cli.main(["paint", "--server", f"{first},{second}", "--port", "0"]) == cli.FAILURE
+    err = capsys.readouterr().err
+    assert "no Triton server answered: 2 attempts (1 round(s) over 2 address(es)" in err
+    assert first in err and second in err

@@ -29,7 +29,7 @@ def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported
     for index, label in enumerate(feed[io_spec.LABEL]):
         labels.append(tmp_path / f"map{index}.png")
         write_label_png(labels[-1], label, exported_segmap.config)
-    grpc_port, http_port, metrics_port = free_ports(3)
+    grpc_port, http_port, metrics_port, dead_port = free_ports(4)
     command = [sys.executable, "-m", "spade_deploy.cli", "serve", "--repository", str(tmp_path / "repository"),
                "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -42,8 +42,9 @@ def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported
         seen.append(lines.get(timeout=10))
         assert seen[-1].split() == ["gRPC", f"127.0.0.1:{grpc_port}"], seen
 
-        assert cli.main(["synthesize", "--server", f"127.0.0.1:{grpc_port}", "--labels", *map(str, labels),
-                         "--out", str(tmp_path / "out")]) == 0
+        # Two replicas, the first one down: the client goes on to the next.
+        assert cli.main(["synthesize", "--server", f"127.0.0.1:{dead_port}, 127.0.0.1:{grpc_port}",
+                         "--labels", *map(str, labels), "--out", str(tmp_path / "out")]) == 0
         images = np.stack([read_rgb(tmp_path / "out" / path.name) for path in labels])
         np.testing.assert_array_equal(images, exported_segmap.run_generator(feed)[io_spec.IMAGE])
 
@@ -55,6 +56,15 @@ def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported
             server.wait()
     output = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
     assert "stopping" in output and "stopped (tritonserver exit status 0)" in output, output
+
+
+@pytest.mark.parametrize("value", ["", "127.0.0.1:8001,", ",127.0.0.1:8001", "a:1,,b:2"])
+def test_server_addresses_need_every_entry(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["synthesize", "--server", value, "--labels", "map.png", "--out", "out"])
+    assert exit_info.value.code == cli.USER_ERROR
+    assert f"argument --server: expected gRPC addresses 'host:port', comma-separated, got {value!r}" in \
+        capsys.readouterr().err
 
 
 def test_synthesize_server_refuses_local_only_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
