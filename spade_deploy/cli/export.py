@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    reason = args.repository and unservable_reason(choose(args.precision).precision)
+    reason = args.repository and unservable_reason(choose(args.precision).precision, args.variant)
     if reason:  # fail before minutes of export, not after
         raise ValueError(f"--repository: {reason}")
     exported = export(args, args.precision)

@@ -14,9 +14,10 @@ execution accelerator (which builds its engine at first load, on the GPU it serv
 pipeline model, which imports spade_deploy (numpy only, no torch):
 in NVIDIA's container, `pip install spade-deploy` into the Python the python backend runs. In the cpu variant every
 model carries a memory budget per execution (`max_request_memory`), against which the python-backend models refuse
-requests before any work (`spade_deploy.serve.served_model.check_request_memory`). Both variants serve fp32 exports
-only: a bf16 export runs in OpenVINO, which none of these models use, so it is refused (`unservable_reason`) rather
-than served at a precision other than the one it records. Configs are built as
+requests before any work (`spade_deploy.serve.served_model.check_request_memory`). A bf16 export (`export onnx
+--precision bf16`) is served by the cpu variant as it runs in-process: in OpenVINO at bf16 inside the python-backend
+model (the `precision` parameter; the `openvino` extra must be installed where the server runs); the gpu variant's
+backends would run it at another precision, so it is refused there (`unservable_reason`). Configs are built as
 `ModelConfig` protobuf messages (Triton's own schema, shipped in tritonclient) and printed as text, so every field
 name is checked.
 """
@@ -37,7 +38,7 @@ from spade_deploy.export.precision import FP32
 from spade_deploy.export.tensorrt import read_engine_metadata
 from spade_deploy.model import io_spec, memory
 from spade_deploy.model.config import GeneratorConfig
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, PARAMETER, describe
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, PARAMETER, PRECISION, describe
 
 Variant = Literal["cpu", "gpu"]
 VARIANTS: tuple[str, ...] = ("cpu", "gpu")
@@ -88,7 +89,7 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
         if path is not None and not path.is_file():
             raise ValueError(f"no such ONNX file: {path}")
     metadata = read_export_metadata(generator_onnx)
-    reason = unservable_reason(metadata.precision)
+    reason = unservable_reason(metadata.precision, variant)
     if reason:
         raise ValueError(f"{generator_onnx}: {reason}")
     config, height, width = metadata.config, metadata.height, metadata.width
@@ -107,7 +108,8 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     models: dict[str, tuple[mc.ModelConfig, dict[str, Path]]] = {}
     for name, (onnx_path, model_io) in graphs.items():
         if variant == "cpu":
-            models[name] = (_python_config(name, model_io, intra_op_threads, **common),
+            precision = metadata.precision if name == io_spec.GENERATOR_MODEL else FP32
+            models[name] = (_python_config(name, model_io, intra_op_threads, precision, **common),
                             {"model.py": TEMPLATES / "onnx_model.py", "model.onnx": onnx_path})
         elif name in engines:
             models[name] = (_tensorrt_plan_config(name, model_io, **common), {"model.plan": engines[name]})
@@ -129,13 +131,13 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     return _write_atomically(repo_dir, models)
 
 
-def unservable_reason(precision: str) -> str | None:
-    """Why an export at `precision` cannot be served from a repository written here, or None (fp32)."""
-    if precision == FP32:
+def unservable_reason(precision: str, variant: str) -> str | None:
+    """Why an export at `precision` cannot be served from a repository of `variant`, or None."""
+    if precision == FP32 or variant == "cpu":
         return None
-    return (f"a {precision} export runs in OpenVINO, which the Triton repository's models do not (they would compute "
-            f"it in fp32 or another precision than the one it records): export with --precision fp32 to serve it, "
-            f"or run this one in-process (spade_deploy.export.runtime.OnnxGenerator)")
+    return (f"a {precision} export runs in OpenVINO on a CPU, which the {variant} variant's models do not (they "
+            f"would compute it at another precision than the one it records): serve it with --variant cpu, or export "
+            f"with --precision fp32 for the {variant} variant")
 
 
 def _max_batch_size(engines: dict[str, Path], variant: str, graphs: dict[str, tuple[Path, io_spec.ModelIO]],
@@ -241,10 +243,12 @@ def _warmup_dims(spec: io_spec.TensorSpec) -> list[int]:
     return [WARMUP_SIZE if dim < 0 else dim for dim in spec.dims]
 
 
-def _python_config(name: str, io: io_spec.ModelIO, intra_op_threads: int, **common: Any) -> mc.ModelConfig:
+def _python_config(name: str, io: io_spec.ModelIO, intra_op_threads: int, precision: str,
+                   **common: Any) -> mc.ModelConfig:
     config = _base_config(name, io, warmup=True, kind=mc.ModelInstanceGroup.KIND_CPU, **common)
     config.backend = "python"
     config.parameters[INTRA_OP_THREADS].string_value = str(intra_op_threads)
+    config.parameters[PRECISION].string_value = precision
     return config
 
 

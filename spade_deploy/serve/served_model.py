@@ -17,8 +17,13 @@ from spade_deploy.model.config import GeneratorConfig
 
 PARAMETER = "spade_model"  # config.pbtxt parameters key holding `describe(...)`
 INTRA_OP_THREADS = "intra_op_threads"  # config.pbtxt parameters key: ONNX Runtime threads per CPU-variant instance
+# config.pbtxt parameters key: the precision a CPU-variant model runs its graph at (spade_deploy.export.precision):
+# fp32 in ONNX Runtime, or bf16 in OpenVINO (a bf16 export); absent in older repositories: fp32.
+PRECISION = "precision"
 # config.pbtxt parameters key: the memory (bytes) one model execution may use, by `spade_deploy.model.memory`'s
-# estimate for the ONNX Runtime graphs; requests above it are refused before any work.
+# estimate for the ONNX Runtime graphs; requests above it are refused before any work. The estimate bounds OpenVINO
+# at bf16 too (ADE20K 256x256 sparse graph, first call on AMD Zen 5: 498 MiB at batch 1 and 986 MiB at batch 4,
+# against estimates of 2.2 and 8.6 GiB).
 MAX_REQUEST_MEMORY = "max_request_memory"
 FORMAT_VERSION = 1
 

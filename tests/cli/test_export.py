@@ -308,8 +308,8 @@ def test_bf16_without_bf16_hardware_says_so_and_exports_fp32(own_checkpoint, tmp
 
 @pytest.mark.parametrize("argv, openvino, status, message", [
     (["--precision", "fp16"], True, 2, "fp16 is for NVIDIA GPUs: use `spade-deploy export trt --precision fp16`"),
-    (["--precision", "bf16", "--repository", "{out}/repository"], True, 2,
-     "--repository: a bf16 export runs in OpenVINO, which the Triton repository's models do not"),
+    (["--precision", "bf16", "--repository", "{out}/repository", "--variant", "gpu"], True, 2,
+     "--repository: a bf16 export runs in OpenVINO on a CPU, which the gpu variant's models do not"),
     (["--precision", "bf16"], False, 1, 'a bf16 export runs in OpenVINO, but OpenVINO is not installed (pip install '
                                         '"spade-deploy[openvino]")'),
 ])

@@ -3,21 +3,18 @@ spade_deploy.model.io_spec says; TensorRT engines (fake plan files here) become 
 is the engines' own; the repository is replaced whole; impossible requests are refused."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-import onnx
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from spade_deploy.export import tensorrt
-from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.tensorrt import EngineOptions, write_engine
 from spade_deploy.model import io_spec, memory
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, ServedModel
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, MAX_REQUEST_MEMORY, PRECISION, ServedModel
 from spade_deploy.serve.repository import TEMPLATES, VARIANTS, write_repository
-from tests.fixtures.serving import Exported
+from tests.fixtures.serving import Exported, as_bf16_export
 
 
 def parse(path: Path) -> mc.ModelConfig:
@@ -79,6 +76,17 @@ def test_configs_parse_with_tritons_schema_and_follow_the_io_contract(exported_v
                 assert sample.zero_data and sample.data_type == parsed.input[model_io.input_names.index(
                     spec.name)].data_type
                 assert list(sample.dims) == [256 if dim < 0 else dim for dim in spec.dims]
+
+
+def test_a_bf16_export_runs_at_bf16_in_the_cpu_variant(exported_vae: Exported, tmp_path: Path) -> None:
+    bf16 = as_bf16_export(exported_vae.generator_onnx, tmp_path / "bf16.onnx")
+    write_repository(tmp_path / "repository", bf16, exported_vae.encoder_onnx)
+    precision = {name: parse(tmp_path / "repository" / name / "config.pbtxt").parameters[PRECISION].string_value
+                 for name in (io_spec.GENERATOR_MODEL, io_spec.ENCODER_MODEL)}
+    assert precision == {io_spec.GENERATOR_MODEL: "bf16", io_spec.ENCODER_MODEL: "fp32"}  # encoders export fp32
+    write_repository(tmp_path / "repository", exported_vae.generator_onnx, exported_vae.encoder_onnx)
+    assert parse(tmp_path / "repository" / io_spec.GENERATOR_MODEL / "config.pbtxt").parameters[PRECISION] \
+        .string_value == "fp32"
 
 
 def test_gpu_generator_uses_tensorrt_in_fp32_over_every_batch_size(exported_vae: Exported, tmp_path: Path) -> None:
@@ -143,16 +151,10 @@ def test_refuses_what_cannot_be_served(exported_vae: Exported, exported_segmap: 
         write_repository(tmp_path / "g", generator, variant="gpu", max_request_memory=2 ** 40)
     with pytest.raises(ValueError, match="max_request_memory must be a positive number of bytes, got '8GiB'"):
         write_repository(tmp_path / "h", generator, max_request_memory="8GiB")
-    bf16 = onnx.load(str(exported_segmap.generator_onnx))  # the same graph, recorded as a bf16 export
-    del bf16.metadata_props[:]
-    for key, value in replace(read_export_metadata(exported_segmap.generator_onnx), precision="bf16",
-                              runtime="openvino").to_props().items():
-        bf16.metadata_props.add(key=key, value=value)
-    onnx.save(bf16, str(tmp_path / "bf16.onnx"))
-    for variant in VARIANTS:
-        with pytest.raises(ValueError, match=r"bf16\.onnx: a bf16 export runs in OpenVINO, which the Triton "
-                                             r"repository's models do not .* export with --precision fp32"):
-            write_repository(tmp_path / "i", tmp_path / "bf16.onnx", variant=variant)
+    with pytest.raises(ValueError, match=r"bf16\.onnx: a bf16 export runs in OpenVINO on a CPU, which the gpu "
+                                         r"variant's models do not .* serve it with --variant cpu"):
+        write_repository(tmp_path / "i", as_bf16_export(exported_segmap.generator_onnx, tmp_path / "bf16.onnx"),
+                         variant="gpu")
     foreign = tmp_path / "foreign"
     (foreign / "other_model").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"holds \['other_model'\], which are not spade models"):

@@ -15,10 +15,11 @@ from tritonclient.utils import InferenceServerException
 
 from spade_deploy.cli.serve import admin_key_from
 from spade_deploy.client import SpadeClient
+from spade_deploy.export.runtime import OnnxGenerator, openvino_unavailable
 from spade_deploy.model import io_spec
 from spade_deploy.serve.server import ADMIN_HEADER, ServerError, TritonInstallation, TritonServer
 from spade_deploy.serve.repository import write_repository
-from tests.fixtures.serving import Exported, Served, require_triton
+from tests.fixtures.serving import Exported, Served, as_bf16_export, require_triton
 
 
 @pytest.fixture
@@ -51,6 +52,22 @@ def test_not_a_repository(tmp_path: Path) -> None:
     require_triton()
     with pytest.raises(ValueError, match="is not a model repository"):
         TritonServer(tmp_path).start()
+
+
+def test_a_bf16_export_is_served_in_openvino_as_it_runs_in_process(exported_segmap: Exported, tmp_path: Path) -> None:
+    require_triton()
+    if openvino_unavailable():
+        pytest.skip(openvino_unavailable())
+    bf16 = as_bf16_export(exported_segmap.generator_onnx, tmp_path / "bf16.onnx")
+    write_repository(tmp_path / "repository", bf16, instances=1)
+    labels = exported_segmap.inputs(2, seed=7)[io_spec.LABEL]
+    local = OnnxGenerator(bf16, threads=1)  # as the served model runs it (intra_op_threads=1)
+    with TritonServer(tmp_path / "repository") as server, SpadeClient(server.grpc_url, timeout=60) as client:
+        served = client.synthesize(labels)
+    np.testing.assert_array_equal(served, local(labels)[0])
+    if local.precision == "bf16":  # OpenVINO ran it at bf16 on this CPU: not the fp32 graph's image
+        fp32 = exported_segmap.run_generator({io_spec.LABEL: labels})[io_spec.IMAGE]
+        assert not np.array_equal(served, fp32)
 
 
 def test_a_model_that_cannot_load_is_named_with_the_reason(exported_segmap: Exported, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Triton python-backend model of the CPU variant: one exported ONNX graph (`spade_generator` or `spade_encoder`)
-run in ONNX Runtime. spade_deploy.serve.repository copies this file to `<model>/1/model.py` beside `model.onnx`.
+run in ONNX Runtime, or in OpenVINO at bf16 for a bf16 export (the `precision` parameter), as it runs in-process.
+spade_deploy.serve.repository copies this file to `<model>/1/model.py` beside `model.onnx`.
 
 Inputs, outputs and their dtypes come from this model's config.pbtxt (written from spade_deploy.model.io_spec); the
 model description (`spade_model` parameter) gives the label range to check, and `max_request_memory` the memory one
@@ -12,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from spade_deploy.export.runtime import make_session
+from spade_deploy.export.precision import FP32
+from spade_deploy.export.runtime import OpenVinoSession, make_session
 from spade_deploy.serve.heartbeat import Heartbeat
-from spade_deploy.serve.served_model import INTRA_OP_THREADS, ServedModel, check_request, runs_within_budget
+from spade_deploy.serve.served_model import (INTRA_OP_THREADS, PRECISION, ServedModel, check_request,
+                                             runs_within_budget)
 
 
 class TritonPythonModel:
@@ -22,8 +25,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.model = ServedModel.from_model_config(config)
         threads = int(config["parameters"][INTRA_OP_THREADS]["string_value"])
-        self.session = make_session(Path(args["model_repository"]) / args["model_version"] / "model.onnx",
-                                    threads=threads)
+        precision = config["parameters"].get(PRECISION, {}).get("string_value", FP32)
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        if precision == FP32:
+            self.session, self.runtime = make_session(path, threads=threads), "ONNX Runtime"
+        else:
+            self.session, self.runtime = OpenVinoSession(path, precision=precision, threads=threads), "OpenVINO"
+            if self.session.precision != precision:
+                pb_utils.Logger.log_warn(f"{config['name']}: a {precision} export, which OpenVINO runs at "
+                                         f"{self.session.precision} on this CPU (no {precision} hardware)")
         self.outputs = {spec["name"]: pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, spec["name"])["data_type"]) for spec in config["output"]}
         self.heartbeat = Heartbeat()
@@ -50,9 +60,9 @@ class TritonPythonModel:
             feed = {name: np.concatenate([arrays[name] for _, arrays in members]) for name in self.model.inputs}
             try:
                 results = self.session.run(list(self.outputs), feed)
-            except Exception as error:  # ONNX Runtime failed on this batch: answer it, keep the instance alive
+            except Exception as error:  # the runtime failed on this batch: answer it, keep the instance alive
                 for index, _ in members:
-                    responses[index] = _error(f"ONNX Runtime failed: {error}", pb_utils.TritonError.INTERNAL)
+                    responses[index] = _error(f"{self.runtime} failed: {error}", pb_utils.TritonError.INTERNAL)
                 continue
             start = 0
             for index, arrays in members:
