@@ -40,6 +40,7 @@ from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_mac
 from spade_deploy.bench.runtimes import RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.parity import Quality, float64_copy, quality
+from spade_deploy.export.precision import FP32
 from spade_deploy.export.pipeline import step
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
@@ -48,7 +49,8 @@ from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.synthetic import random_generator, synthetic_batch
 from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_input
 
-FORMAT_VERSION = 2  # 2: rows carry their precision and their quality against the float64 model
+# 2: rows carry their precision and their quality against the float64 model; 3: and the best exact plain baseline
+FORMAT_VERSION = 3
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
 
 
@@ -103,6 +105,8 @@ class Row:
     speedup_vs_eager: float | None = None
     speedup_vs_best_plain: float | None = None
     best_plain: str | None = None  # which plain runtime was fastest at this batch
+    speedup_vs_best_exact_plain: float | None = None
+    best_exact_plain: str | None = None  # which plain runtime was fastest at this batch among those at fp32
     speedup_vs: dict[str, float] = field(default_factory=dict)  # against each baseline (eager, every plain runtime)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -302,12 +306,15 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tupl
 
 
 def _add_ratios(rows: list[Row]) -> None:
-    """Speed-ups of every row against eager, each plain runtime and the fastest of those at the same batch."""
+    """Speed-ups of every row against eager, each plain runtime, the fastest of those at the same batch, and the
+    fastest of those that ran exact (fp32)."""
     for batch in {row.batch for row in rows}:
         same = [row for row in rows if row.batch == batch]
         eager = next((row for row in same if row.runtime == "eager"), None)
         plain = [row for row in same if RUNTIMES[row.runtime].plain]
         best = min(plain, key=lambda row: row.p50_ms) if plain else None
+        exact = [row for row in plain if row.precision == FP32]
+        best_exact = min(exact, key=lambda row: row.p50_ms) if exact else None
         for row in same:
             row.speedup_vs = {baseline.runtime: baseline.p50_ms / row.p50_ms for baseline in [eager, *plain]
                               if baseline is not None}
@@ -316,4 +323,7 @@ def _add_ratios(rows: list[Row]) -> None:
             if best is not None:
                 row.speedup_vs_best_plain = best.p50_ms / row.p50_ms
                 row.best_plain = best.runtime
+            if best_exact is not None:
+                row.speedup_vs_best_exact_plain = best_exact.p50_ms / row.p50_ms
+                row.best_exact_plain = best_exact.runtime
 

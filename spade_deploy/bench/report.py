@@ -141,10 +141,11 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
              f"{shares}); {setup['warmup']} warm-up + {setup['repeats']} timed calls per runtime and batch. "
              f"Every runtime uses {setup['threads']} intra-op threads.", ""]
     lines += _table(["runtime", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s", "× eager",
-                     "× best plain", "PSNR dB vs float64", "peak MiB"],
+                     "× best plain", "× best exact plain", "PSNR dB vs float64", "peak MiB"],
                     [[row["runtime"], _precision(row), row["batch"], row["p50_ms"], row["p95_ms"], row["p99_ms"],
                       row["images_per_s"], _ratio(row["speedup_vs_eager"]), _ratio(row["speedup_vs_best_plain"]),
-                      _psnr(row), row["peak_mem_mb"]] for row in rows])
+                      _ratio(row.get("speedup_vs_best_exact_plain")), _psnr(row), row["peak_mem_mb"]]
+                     for row in rows])
     lines += _quality_section(rows)
     baselines = list(dict.fromkeys(name for row in rows for name in row.get("speedup_vs", {})))
     if baselines:
@@ -158,6 +159,10 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
         lines += ["Best plain runtime (the `× best plain` baseline, the fastest plain export at whatever precision it "
                   "ran): " + ", ".join(f"batch {batch}: {name} ({precisions[name, batch]})"
                                        for batch, name in best.items()) + ".", ""]
+    exact = {row["batch"]: row["best_exact_plain"] for row in rows if row.get("best_exact_plain")}
+    if exact:
+        lines += ["Best exact plain runtime (the `× best exact plain` baseline, the fastest plain export at fp32): "
+                  + ", ".join(f"batch {batch}: {name}" for batch, name in exact.items()) + ".", ""]
     lines += [f"- `{name}`: {summary}" for name, summary in setup["runtimes"].items()]
     lines += [f"- skipped `{entry['runtime']}`: {entry['reason']}" for entry in result["skipped"]]
     lines += ["", f"![latency vs batch]({LATENCY_CHART})", "",

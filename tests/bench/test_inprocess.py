@@ -23,7 +23,7 @@ from tests.fixtures.bench import TINY_BENCH
 ROW_FIELDS = {"runtime", "precision", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "max_abs_diff",
               "max_abs_diff_f64", "psnr_db", "within_1_level", "within_2_levels", "peak_mem_mb", "boundary_share",
               "preset", "ngf", "size", "repeats", "build_s", "speedup_vs_eager", "speedup_vs_best_plain",
-              "best_plain", "speedup_vs", "latencies_ms"}
+              "best_plain", "speedup_vs_best_exact_plain", "best_exact_plain", "speedup_vs", "latencies_ms"}
 OPENVINO_PINNED = ("plain-openvino", "openvino", "sparse-openvino")  # INFERENCE_PRECISION_HINT f32
 
 
@@ -97,7 +97,10 @@ def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inproces
         same = {row["runtime"]: row for row in rows if row["batch"] == batch}
         plain = [name for name in same if RUNTIMES[name].plain]
         best = min(plain, key=lambda name: same[name]["p50_ms"])
+        exact = min((name for name in plain if same[name]["precision"] == "fp32"), key=lambda name: same[name]["p50_ms"])
         for row in same.values():
+            assert row["speedup_vs_best_exact_plain"] == pytest.approx(same[exact]["p50_ms"] / row["p50_ms"])
+            assert row["best_exact_plain"] == exact
             assert row["speedup_vs_eager"] == pytest.approx(same["eager"]["p50_ms"] / row["p50_ms"])
             assert row["speedup_vs_best_plain"] == pytest.approx(same[best]["p50_ms"] / row["p50_ms"])
             assert row["best_plain"] == best

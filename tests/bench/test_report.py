@@ -18,7 +18,7 @@ def test_a_results_folder_holds_json_summary_and_chart(inprocess_result: dict[st
     assert summary.startswith("# SPADE benchmarks: ")
     assert inprocess_result["machine"]["versions"]["torch"] in summary
     assert ("| runtime | precision | batch | p50 ms | p95 ms | p99 ms | images/s | × eager | × best plain | "
-            "PSNR dB vs float64 |") in summary
+            "× best exact plain | PSNR dB vs float64 |") in summary
     assert ("| runtime | precision | batch | max |Δ| vs float64 | PSNR dB | pixels ≤ 1 level | pixels ≤ 2 levels | "
             "max |Δ| vs eager |") in summary  # quality
     assert "| runtime | batch | × eager | × plain-ort |" in summary  # against each baseline
