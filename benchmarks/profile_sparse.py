@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         nodes, wall_ms = profile(path, feeds, threads=args.threads, warmup=args.warmup, calls=args.calls,
                                  workdir=workdir)
     by_kind, by_block = tables(nodes)
-    result = {"command": " ".join(["python benchmarks/profile_sparse.py", *(argv if argv is not None else sys.argv[1:])]),
+    words = argv if argv is not None else sys.argv[1:]
+    result = {"command": " ".join(["python benchmarks/profile_sparse.py", *words]),
               "machine": describe_machine(args.threads),
               "setup": {"preset": args.preset, "ngf": args.ngf, "size": f"{args.size}x{args.size}",
                         "batch": args.batch, "regions": args.regions, "seed": args.seed, "calls": args.calls,

@@ -3,8 +3,8 @@
 Starts the tritonserver of the nvidia-pytriton wheel (spade_deploy.serve), waits until every model is ready, prints
 the endpoints, and runs until Ctrl-C or SIGTERM, which it forwards for a clean shutdown. Meanwhile a supervisor
 (spade_deploy.serve.supervisor) reloads a model whose python-backend process died or hung and restarts a server that
-died, printing what it did. Triton's administrative APIs (model load/unload, shared memory, logging, trace) need a key that
-only this command holds, unless it is shared through --admin-key-file.
+died, printing what it did. Triton's administrative APIs (model load/unload, shared memory, logging, trace) need a key
+that only this command holds, unless it is shared through --admin-key-file.
 """
 from __future__ import annotations
 

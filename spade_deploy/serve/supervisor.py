@@ -44,7 +44,8 @@ SHUTDOWN_GRACE = 3.0  # seconds a server gets to exit by itself once its current
 # machine (a stub beats from a thread of its own, also while it runs a model).
 STALL_TIMEOUT = 30.0
 # Seconds one execution may run before its stub counts as hung: far above a full dynamic batch of the largest preset
-# on a 2-core CPU (Cityscapes 512x256, batch 8, about 1 minute for the plain graph); None: no limit.
+# on a 2-core CPU (Cityscapes 512x256: 4.3 s per image for the plain graph in ONNX Runtime on a Zen 3, so about 35 s
+# for a batch of 8; the served sparse graph takes half that); None: no limit.
 EXECUTE_TIMEOUT = 600.0
 
 

@@ -97,7 +97,8 @@ def test_ratios_are_against_eager_and_the_best_plain_runtime_of_the_run(inproces
         same = {row["runtime"]: row for row in rows if row["batch"] == batch}
         plain = [name for name in same if RUNTIMES[name].plain]
         best = min(plain, key=lambda name: same[name]["p50_ms"])
-        exact = min((name for name in plain if same[name]["precision"] == "fp32"), key=lambda name: same[name]["p50_ms"])
+        exact = min((name for name in plain if same[name]["precision"] == "fp32"),
+                    key=lambda name: same[name]["p50_ms"])
         for row in same.values():
             assert row["speedup_vs_best_exact_plain"] == pytest.approx(same[exact]["p50_ms"] / row["p50_ms"])
             assert row["best_exact_plain"] == exact
