@@ -1,13 +1,13 @@
 """Precision as an export choice: which graph and runtime settings are fastest at a precision on this CPU.
 
 `fp32` (the default) is exact: the boundary-sparse graph in ONNX Runtime, checked against the float64 model. `bf16`
-needs bf16 hardware (AMX, or AVX512-BF16) and runs in OpenVINO with its precision hint pinned to bf16; which graph
-is fastest there was measured: with AMX, dense convolutions get so cheap that the dense graph wins, while the sparse
-graph's gathers and layout changes gain nothing; with AVX512-BF16 alone, bf16 dot products run at only about twice
-the fp32 rate, too little to make up for the dense graph's extra work, so the sparse graph stays ahead (AMD Zen 5,
-ADE20K 256x256: sparse 323 ms, plain 378 ms, dense 457 ms in OpenVINO at bf16) — but there it is no faster than
-the exact fp32 export in ONNX Runtime (about 280 ms), and the choice says so. A CPU without bf16 hardware gets fp32,
-and the choice says why. `fp16` is for GPUs: TensorRT engines (`export trt`).
+needs bf16 hardware (AMX, or AVX512-BF16) and runs in OpenVINO with its precision hint pinned to bf16, with our
+sparse graph, the fastest of ours there as measured (ADE20K 256x256, batch 1, OpenVINO at bf16): on a Xeon with AMX
+sparse 298 ms, the dense folded graph 558 ms (its label look-ups gain nothing from AMX), the plain model 230 ms (no
+look-ups at all: a gather-free folded graph is the candidate to beat it, not built yet); on AMD Zen 5 with
+AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there no faster than the exact fp32 export in ONNX
+Runtime (about 280 ms), and the choice says so. A CPU without bf16 hardware gets fp32, and the choice says why.
+`fp16` is for GPUs: TensorRT engines (`export trt`).
 
 The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.
 Torch-free: the export metadata and the runtime wrapper read these names.
@@ -65,7 +65,7 @@ def choose(precision: str, flags: set[str] | None = None) -> Choice:
     if not set(BF16_FLAGS) & flags:
         return Choice("sparse", FP32, ONNXRUNTIME, "(this CPU has no bf16 hardware: neither amx_bf16 nor avx512_bf16)")
     if "amx_bf16" in flags:
-        return Choice("dense", BF16, OPENVINO, "on AMX")
+        return Choice("sparse", BF16, OPENVINO, "on AMX")
     return Choice("sparse", BF16, OPENVINO, "on AVX512-BF16 (no AMX; measured on AMD Zen 5: no faster than the exact "
                                             "fp32 export)")
 

@@ -267,10 +267,10 @@ def test_graph_choice(own_checkpoint, tmp_path, exporter, argv, graph):
 AMX_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 
 
-def test_bf16_export_on_amx_takes_the_dense_graph_and_prints_its_quality(own_checkpoint, tmp_path, capsys,
-                                                                         monkeypatch):
-    """With AMX (faked: the graph follows the flags; OpenVINO runs bf16 on this CPU's own bf16 hardware) the export
-    is the dense graph in OpenVINO at bf16, recorded in the metadata; the table shows its quality beside eager
+def test_bf16_export_on_amx_takes_the_sparse_graph_and_prints_its_quality(own_checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):
+    """With AMX (faked: the choice follows the flags; OpenVINO runs bf16 on this CPU's own bf16 hardware) the export
+    is the sparse graph in OpenVINO at bf16, recorded in the metadata; the table shows its quality beside eager
     float32's, not judged by the tolerance, and the encoder-less export still passes."""
     if not set(BF16_FLAGS) & cpu_flags():
         pytest.skip("this CPU has no bf16 hardware: OpenVINO would run the export in f32")
@@ -281,9 +281,9 @@ def test_bf16_export_on_amx_takes_the_dense_graph_and_prints_its_quality(own_che
                        "--precision", "bf16"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert "precision: bf16 on AMX: our dense graph in OpenVINO" in captured.err
+    assert "precision: bf16 on AMX: our sparse graph in OpenVINO" in captured.err
     metadata = read_export_metadata(tmp_path / "generator.onnx")
-    assert (metadata.graph, metadata.precision, metadata.runtime) == ("dense", "bf16", "openvino")
+    assert (metadata.graph, metadata.precision, metadata.runtime) == ("sparse", "bf16", "openvino")
     assert "image_float  OpenVINO bf16" in captured.out and "not judged (bf16: see its quality)" in captured.out
     quality_rows = {line.split()[0]: line.split() for line in captured.out.splitlines()
                     if line.startswith(("eager float32 ", "OpenVINO bf16 "))}
