@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/soak.py --out benchmarks/results/<date>-<machine>-soak [--clients 4 --seconds 30]
 
 Exports the bundled demo model (or serves `--onnx generator.onnx`), starts it under `Supervisor` on free loopback
-ports, and runs five bounded phases, each with its own `SpadeClient` threads:
+ports, and runs six bounded phases, each with its own `SpadeClient` threads:
 1. steady   N clients x T s; RSS of tritonserver and of every stub sampled every second;
 2. stub     kill -9 one generator stub mid-load (clients without retries: every failure is counted);
-3. server   kill -9 tritonserver mid-load; the supervisor restarts it; clients retry, so they ride it out;
-4. stop     SIGSTOP tritonserver for a few seconds, then SIGCONT; clients with a short timeout get `RequestTimeout`;
-5. bad      bad requests (wrong size, out-of-range labels, wrong dtype; refused by the client, and sent past the
+3. hang     SIGSTOP one generator stub mid-load: alive to Triton, it stops beating; the supervisor ends it after
+            `stall_timeout` seconds and reloads its model (requests that reached it wait until then, then fail);
+4. server   kill -9 tritonserver mid-load; the supervisor restarts it; clients retry, so they ride it out;
+5. stop     SIGSTOP tritonserver for a few seconds, then SIGCONT; clients with a short timeout get `RequestTimeout`;
+6. bad      bad requests (wrong size, out-of-range labels, wrong dtype; refused by the client, and sent past the
             client's checks to the server's) mixed with good ones.
 Writes `result.json` (machine, settings, per phase: requests, errors by kind, p50/p95, recovery, RSS per process,
 supervisor events) and `README.md` (a table per phase and the verdicts).
@@ -44,7 +46,8 @@ FORMAT = 1  # of result.json
 FAILURE_PAUSE = 0.05  # seconds a client waits after a failed request: a refusal is instant, and a caller
 # that spins on it would measure its own loop and starve the 2-core server of CPU
 SETTLE = 2.0  # seconds a fault phase runs at least after the supervisor repaired what the fault broke
-PHASES = ("steady", "stub", "server", "stop", "bad")
+REPAIR_WAIT = 120.0  # seconds a fault phase waits at most, beyond its length, for the supervisor's repair
+PHASES = ("steady", "stub", "hang", "server", "stop", "bad")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Settings:
     fault_at: float = 3.0  # seconds into a fault phase when the fault happens
     window: float = 10.0  # seconds after a killed stub within which every failure must lie
     stop_seconds: float = 4.0  # how long the server stays stopped (SIGSTOP) in the stop phase
+    stall_timeout: float = 5.0  # the supervisor's: seconds without a heartbeat before a stub counts as hung
     timeout: float = 30.0  # client timeout (s) outside the stop phase
     stop_timeout: float = 2.0  # client timeout (s) in the stop phase
     retries: int = 20  # client retries in the server phase
@@ -151,13 +155,14 @@ def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         late = stub["failures_after_window"]
         recovered = stub["recovery_s"] is not None and stub["recovery_s"] <= settings["window"]
         out["stub_kill_recovers_within_window"] = {
-            "pass": late == 0 and recovered and stub["fault_done"],
+            "pass": late == 0 and recovered and stub["fault_done"] and stub.get("repaired", True),
             "why": f"{stub['failures']} failures, all within {settings['window']:.0f} s: {late == 0}; "
                    f"recovery {stub['recovery_s']} s"}
-    for name in ("server", "stop"):
+    for name in ("hang", "server", "stop"):
         if name in phases:
             phase = phases[name]
-            out[f"{name}_recovers"] = {"pass": phase["recovery_s"] is not None and phase["fault_done"],
+            out[f"{name}_recovers"] = {"pass": phase["recovery_s"] is not None and phase["fault_done"]
+                                       and phase.get("repaired", True),
                                        "why": f"{phase['failures']} failures, recovery {phase['recovery_s']} s"}
     if "bad" in phases:
         bad = phases["bad"]
@@ -193,12 +198,14 @@ class Harness:
 
     def start(self) -> None:
         self.server.start()
-        self.supervisor = Supervisor(self.server, interval=0.5, report=self._event)
+        self.supervisor = Supervisor(self.server, interval=0.5, stall_timeout=self.settings.stall_timeout,
+                                     report=self._event)
 
     def stop(self) -> None:
         if self.supervisor is not None and self.server.pid is not None:
             if self.server.exit_status is None:
-                os.kill(self.server.pid, signal.SIGCONT)  # never leave a stopped server behind
+                for pid in [self.server.pid, *(stub.pid for stub in self.server.stubs())]:
+                    os.kill(pid, signal.SIGCONT)  # never leave a stopped server or stub behind
             self.supervisor.stop()
         self.server.stop()
 
@@ -264,6 +271,8 @@ class Harness:
                     over_at = now  # the fault is over: serve a while longer, so that recovery shows in the requests
                 if over_at is not None and now >= max(seconds, over_at + SETTLE):
                     break
+                if now >= seconds + REPAIR_WAIT:  # never repaired: the verdicts say so
+                    break
                 time.sleep(0.2)
         finally:
             done.set()
@@ -272,6 +281,7 @@ class Harness:
             for client in clients:
                 client.close()
         fault_info["seconds"] = time.monotonic() - start
+        fault_info["repaired"] = over_at is not None
         return requests, samples, fault_info
 
     # ------------------------------------------------------------------------------------ the work of a client
@@ -360,7 +370,7 @@ def _kill_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
     killed: dict[str, Any] = {}
 
     def fault() -> None:
-        stub = next(s for s in harness.server.stubs() if s.alive and s.model == io_spec.GENERATOR_MODEL)
+        stub = next(s for s in harness.supervisor.serving_stubs() if s.model == io_spec.GENERATOR_MODEL)
         killed.update(pid=stub.pid, instance=stub.instance)
         os.kill(stub.pid, signal.SIGKILL)
 
@@ -368,6 +378,22 @@ def _kill_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
         "stub", seconds=settings.fault_seconds, work=harness.good, client_options={"timeout": settings.timeout},
         fault=fault, after_fault=lambda: harness.supervisor.recoveries > 0)
     return _fault_result(harness, requests, samples, info, **killed)
+
+
+def _hang_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
+    stopped: dict[str, Any] = {}
+    hangs, recoveries = harness.supervisor.hangs, harness.supervisor.recoveries
+
+    def fault() -> None:  # a stub of the current generator: one of a version the stub phase replaced may linger
+        stub = next(s for s in harness.supervisor.serving_stubs() if s.model == io_spec.GENERATOR_MODEL)
+        stopped.update(pid=stub.pid, instance=stub.instance)
+        os.kill(stub.pid, signal.SIGSTOP)
+
+    requests, samples, info = harness.phase(
+        "hang", seconds=max(settings.fault_seconds, settings.fault_at + settings.stall_timeout + 1), work=harness.good,
+        client_options={"timeout": settings.timeout}, fault=fault,
+        after_fault=lambda: harness.supervisor.hangs > hangs and harness.supervisor.recoveries > recoveries)
+    return _fault_result(harness, requests, samples, info, **stopped)
 
 
 def _kill_server(harness: Harness, settings: Settings) -> dict[str, Any]:
@@ -444,6 +470,7 @@ def _fault_result(harness: Harness, requests: list[Request], samples: list[dict]
                   **details: Any) -> dict[str, Any]:
     fault = info["fault_at_s"]
     result = {**summarize(requests, info["seconds"]), "fault_at_s": fault, "fault_done": info["fault_done"],
+              "repaired": info["repaired"],
               **details}
     if fault is None:
         return {**result, "failures": None, "recovery_s": None, "failures_after_window": None}
@@ -461,7 +488,8 @@ def _events(harness: Harness) -> list[dict[str, Any]]:
     return events
 
 
-PHASE_RUNNERS = {"steady": _steady, "stub": _kill_stub, "server": _kill_server, "stop": _stop_server, "bad": _bad}
+PHASE_RUNNERS = {"steady": _steady, "stub": _kill_stub, "hang": _hang_stub, "server": _kill_server,
+                 "stop": _stop_server, "bad": _bad}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -474,7 +502,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"`{result['command']}`", "",
              "| phase | what | clients | s | requests | ok | errors by kind | p50 ms | p95 ms | fault at s | "
              "recovery s | first new success s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    what = {"steady": "steady load", "stub": "kill -9 a generator stub", "server": "kill -9 tritonserver (retries)",
+    what = {"steady": "steady load", "stub": "kill -9 a generator stub",
+            "hang": f"SIGSTOP a generator stub (stall timeout {settings['stall_timeout']:.0f} s)",
+            "server": "kill -9 tritonserver (retries)",
             "stop": f"SIGSTOP tritonserver {settings['stop_seconds']:.0f} s (timeout {settings['stop_timeout']} s)",
             "bad": "bad requests mixed with good (good ones counted)"}
     for name, phase in phases.items():
@@ -507,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="result folder (result.json, README.md)")
     parser.add_argument("--onnx", type=Path, help="serve this exported generator instead of the bundled demo model")
     defaults = Settings()
-    for name in ("clients", "seconds", "warmup", "fault_seconds", "fault_at", "window", "stop_seconds", "timeout",
-                 "stop_timeout", "retries", "instances"):
+    for name in ("clients", "seconds", "warmup", "fault_seconds", "fault_at", "window", "stop_seconds", "stall_timeout",
+                 "timeout", "stop_timeout", "retries", "instances"):
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
                             help=f"default {value}")

@@ -87,14 +87,19 @@ class Stub:
     started: int | None = None  # its start time (clock ticks after boot), which its heartbeat records too
 
 
-def python_stubs(server_pid: int) -> list[Stub]:
-    """The stub processes tritonserver `server_pid` runs now, read from /proc (Linux)."""
+def python_stubs(server_pid: int, *, left_behind: bool = False) -> list[Stub]:
+    """The stub processes tritonserver `server_pid` runs now, read from /proc (Linux); with `left_behind`, those
+    that outlived it instead: still in its process group (our servers lead their own), no longer its children."""
     stubs = []
     for directory in Path("/proc").iterdir():
         if not directory.name.isdigit():
             continue
         fields = proc_stat(directory.name)
-        if fields is None or int(fields[1]) != server_pid:  # gone meanwhile, or not a child of this server
+        if fields is None:  # gone meanwhile
+            continue
+        parent, group = int(fields[1]), int(fields[2])
+        wanted = group == server_pid and parent != server_pid if left_behind else parent == server_pid
+        if not wanted:
             continue
         try:
             argv = (directory / "cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -349,6 +354,12 @@ class TritonServer:
             except KeyboardInterrupt:
                 process.kill()
                 code = process.wait()
+            # A server killed outright (SIGKILL, the OOM killer) can leave a stub running on, orphaned, with a copy
+            # of its model in memory.
+            for stub in python_stubs(process.pid, left_behind=True):
+                self._shm_regions.add(stub.shm_region)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stub.pid, signal.SIGKILL)
         _remove_shm_regions(self._shm_regions)
         self._shm_regions.clear()
         if self._work_dir is not None:

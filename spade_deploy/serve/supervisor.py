@@ -35,7 +35,7 @@ from pathlib import Path
 
 from spade_deploy.model import io_spec
 from spade_deploy.serve import heartbeat
-from spade_deploy.serve.server import ServerError, TritonServer, python_stubs
+from spade_deploy.serve.server import ServerError, Stub, TritonServer, python_stubs
 
 _logger = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 60.0  # seconds: the longest pause between two attempts to load a model that failed to load
@@ -157,6 +157,11 @@ class Supervisor:
         return code
 
     # ------------------------------------------------------------------------------------------- stubs
+    def serving_stubs(self) -> list[Stub]:
+        """The live stubs of the current model versions: not those of a version a reload replaced, which may linger
+        (see the module docstring)."""
+        return [stub for stub in self.server.stubs() if stub.alive and stub.pid not in self._replaced]
+
     def _learn_instances(self) -> None:
         """What a healthy server runs: every instance of every python-backend model, seen once all are ready."""
         self._instances = {}
@@ -167,9 +172,8 @@ class Supervisor:
     def _broken_models(self) -> list[str]:
         """Models with an instance that has no live stub, and models still waiting for a load to succeed."""
         live: dict[str, set[str]] = {}
-        for stub in self.server.stubs():
-            if stub.alive and stub.pid not in self._replaced:
-                live.setdefault(stub.model, set()).add(stub.instance)
+        for stub in self.serving_stubs():
+            live.setdefault(stub.model, set()).add(stub.instance)
         broken = {model for model, instances in self._instances.items() if not instances <= live.get(model, set())}
         return sorted(broken | set(self._retry))
 
@@ -204,9 +208,7 @@ class Supervisor:
     def _end_hung_stubs(self) -> None:
         """End the current stubs that hang (see the module docstring): dead, the next round brings them back."""
         now = time.monotonic()
-        for stub in self.server.stubs():
-            if not stub.alive or stub.pid in self._replaced:
-                continue
+        for stub in self.serving_stubs():
             why = heartbeat.hang_reason(heartbeat.read(self.server.heartbeat_dir, stub.pid), stub.started, now,
                                         stall_timeout=self.stall_timeout, execute_timeout=self.execute_timeout)
             if why is None:

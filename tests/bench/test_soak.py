@@ -54,7 +54,7 @@ def test_verdicts(soak) -> None:
 def test_every_phase_on_a_real_server(soak, exported_segmap: Exported, tmp_path: Path) -> None:
     require_triton()
     settings = soak.Settings(clients=1, seconds=2.0, warmup=0.5, fault_seconds=2.0, fault_at=0.8, stop_seconds=1.5,
-                             timeout=20.0, stop_timeout=0.5, retries=20)
+                             stall_timeout=2.0, timeout=20.0, stop_timeout=0.5, retries=20)
     result = soak.run(settings, tmp_path, exported_segmap.generator_onnx, log=lambda line: None)
     assert json.loads((tmp_path / "result.json").read_text()) == json.loads(json.dumps(result))
     assert "| steady |" in (tmp_path / "README.md").read_text()
@@ -75,6 +75,12 @@ def test_every_phase_on_a_real_server(soak, exported_segmap: Exported, tmp_path:
     assert stub["recovery_s"] is not None and stub["recovery_s"] < 60  # generous: the machine is shared
     assert any("serving again" in event["message"] for event in stub["events"])
 
+    hang = phases["hang"]
+    assert hang["instance"].startswith("spade_generator_") and hang["fault_done"] and hang["recovery_s"] is not None
+    assert any(f"stub {hang['pid']} of {hang['instance']} has given no sign of life" in event["message"]
+               for event in hang["events"])
+    assert any("serving again" in event["message"] for event in hang["events"])
+
     server = phases["server"]
     assert server["new_pid"] != server["pid"] and server["recovery_s"] is not None
     assert any("tritonserver restarted" in event["message"] for event in server["events"])
@@ -86,4 +92,4 @@ def test_every_phase_on_a_real_server(soak, exported_segmap: Exported, tmp_path:
     assert bad["bad"] > 0 and bad["bad_refused"] == bad["bad"] and bad["good_ok"] == bad["good"]
     assert bad["server_stayed_up"]
     assert set(result["verdicts"]) == {"steady_no_errors", "steady_rss_flat", "stub_kill_recovers_within_window",
-                                       "server_recovers", "stop_recovers", "bad_refused_good_served"}
+                                       "hang_recovers", "server_recovers", "stop_recovers", "bad_refused_good_served"}

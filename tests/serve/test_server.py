@@ -2,8 +2,11 @@
 with the reason; an admin key guards the administrative APIs (real tritonserver processes, no mocks)."""
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +20,8 @@ from spade_deploy.cli.serve import admin_key_from
 from spade_deploy.client import SpadeClient
 from spade_deploy.export.runtime import OnnxGenerator, openvino_unavailable
 from spade_deploy.model import io_spec
-from spade_deploy.serve.server import ADMIN_HEADER, ServerError, TritonInstallation, TritonServer
+from spade_deploy.serve.server import (ADMIN_HEADER, SHM_DIR, ServerError, TritonInstallation, TritonServer,
+                                       python_stubs)
 from spade_deploy.serve.repository import write_repository
 from tests.fixtures.serving import Exported, Served, as_bf16_export, require_triton
 
@@ -68,6 +72,26 @@ def test_a_bf16_export_is_served_in_openvino_as_it_runs_in_process(exported_segm
     if local.precision == "bf16":  # OpenVINO ran it at bf16 on this CPU: not the fp32 graph's image
         fp32 = exported_segmap.run_generator({io_spec.LABEL: labels})[io_spec.IMAGE]
         assert not np.array_equal(served, fp32)
+
+
+def test_stubs_a_killed_server_leaves_behind_are_ended(repository: Path) -> None:
+    """A stub that cannot notice its server's death (stopped here; in the wild one sometimes runs on) is found by
+    the server's process group and ended by `stop`, its shared memory removed."""
+    server = TritonServer(repository).start()
+    try:
+        first = server.pid
+        stub = next(stub for stub in server.stubs() if stub.model == io_spec.GENERATOR_MODEL)
+        os.kill(stub.pid, signal.SIGSTOP)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while stub.pid not in {left.pid for left in python_stubs(first, left_behind=True)}:
+            assert time.monotonic() < deadline, "the stopped stub was not reparented"
+            time.sleep(0.05)
+        assert python_stubs(first) == []  # no longer the server's child (the others end by themselves)
+    finally:
+        server.stop()
+    assert python_stubs(first, left_behind=True) == []
+    assert not (SHM_DIR / stub.shm_region).exists()
 
 
 def test_a_model_that_cannot_load_is_named_with_the_reason(exported_segmap: Exported, tmp_path: Path) -> None:
