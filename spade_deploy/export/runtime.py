@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from spade_deploy.errors import Failure
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.export.precision import BF16, FP16, FP32, OPENVINO
+from spade_deploy.export.precision import BF16, FP16, FP32
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import as_rgb_batch
 
@@ -81,6 +81,19 @@ class OpenVinoSession:
             return [results[self.compiled.output(name)].copy() for name in output_names]
 
 
+def open_session(path: str | Path, precision: str = FP32, *, threads: int | None = None,
+                 providers: list[str] | None = None) -> tuple[ort.InferenceSession | OpenVinoSession, str]:
+    """The session an export at `precision` runs in (both take `.run(output_names, feeds)`) and the precision it
+    computes in: fp32 in ONNX Runtime (its CPU kernels; `providers` apply), bf16 in OpenVINO (as OpenVINO reports what
+    it chose: f32 on a CPU without bf16 hardware)."""
+    if precision == FP32:
+        return make_session(path, threads=threads, providers=providers), FP32
+    if providers:
+        raise ValueError(f"{path} is a {precision} export, which runs in OpenVINO: ONNX Runtime providers do not apply")
+    session = OpenVinoSession(path, precision=precision, threads=threads)
+    return session, session.precision
+
+
 class OnnxGenerator:
     """`generator.onnx` as its export says it runs (`metadata.runtime` at `metadata.precision`: ONNX Runtime, or
     OpenVINO for bf16): `(labels, instances, z) -> (image uint8 [N,H,W,3], image_float)`. `precision` is what the
@@ -92,15 +105,8 @@ class OnnxGenerator:
         self.config, self.height, self.width = self.metadata.config, self.metadata.height, self.metadata.width
         self.io = io_spec.generator_io(self.config, self.height, self.width)
         self.runtime = self.metadata.runtime
-        if self.runtime == OPENVINO:
-            if providers:
-                raise ValueError(f"{path} is a {self.metadata.precision} export, which runs in OpenVINO: ONNX "
-                                 f"Runtime providers do not apply")
-            self.session = OpenVinoSession(path, precision=self.metadata.precision, threads=threads)
-            self.precision = self.session.precision
-        else:
-            self.session = make_session(path, threads=threads, providers=providers)
-            self.precision = FP32
+        self.session, self.precision = open_session(path, self.metadata.precision, threads=threads,
+                                                    providers=providers)
 
     def feeds(self, labels: np.ndarray, instances: np.ndarray | None = None,
               z: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from spade_deploy.export.precision import FP32
-from spade_deploy.export.runtime import OpenVinoSession, make_session
+from spade_deploy.export.runtime import open_session
 from spade_deploy.serve.heartbeat import Heartbeat
 from spade_deploy.serve.served_model import (INTRA_OP_THREADS, PRECISION, ServedModel, check_request,
                                              runs_within_budget)
@@ -27,13 +27,11 @@ class TritonPythonModel:
         threads = int(config["parameters"][INTRA_OP_THREADS]["string_value"])
         precision = config["parameters"].get(PRECISION, {}).get("string_value", FP32)
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        if precision == FP32:
-            self.session, self.runtime = make_session(path, threads=threads), "ONNX Runtime"
-        else:
-            self.session, self.runtime = OpenVinoSession(path, precision=precision, threads=threads), "OpenVINO"
-            if self.session.precision != precision:
-                pb_utils.Logger.log_warn(f"{config['name']}: a {precision} export, which OpenVINO runs at "
-                                         f"{self.session.precision} on this CPU (no {precision} hardware)")
+        self.session, computed = open_session(path, precision, threads=threads)
+        self.runtime = "ONNX Runtime" if precision == FP32 else "OpenVINO"
+        if computed != precision:
+            pb_utils.Logger.log_warn(f"{config['name']}: a {precision} export, which OpenVINO runs at {computed} on "
+                                     f"this CPU (no {precision} hardware)")
         self.outputs = {spec["name"]: pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, spec["name"])["data_type"]) for spec in config["output"]}
         self.heartbeat = Heartbeat()
