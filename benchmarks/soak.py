@@ -21,6 +21,7 @@ The supervisor runs in the main thread, as `spade-deploy serve` runs it, since i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -205,7 +206,8 @@ class Harness:
         if self.supervisor is not None and self.server.pid is not None:
             if self.server.exit_status is None:
                 for pid in [self.server.pid, *(stub.pid for stub in self.server.stubs())]:
-                    os.kill(pid, signal.SIGCONT)  # never leave a stopped server or stub behind
+                    with contextlib.suppress(ProcessLookupError):  # a stub may end meanwhile
+                        os.kill(pid, signal.SIGCONT)  # never leave a stopped server or stub behind
             self.supervisor.stop()
         self.server.stop()
 
@@ -366,32 +368,32 @@ def _steady(harness: Harness, settings: Settings) -> dict[str, Any]:
             "events": _events(harness)}
 
 
-def _kill_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
-    killed: dict[str, Any] = {}
-
+def _signal_a_generator_stub(harness: Harness, signum: int, record: dict[str, Any]) -> Callable[[], None]:
+    """The fault of the stub phases: `signum` to a stub of the current generator (one of a version an earlier
+    phase replaced may linger), noted in `record`."""
     def fault() -> None:
         stub = next(s for s in harness.supervisor.serving_stubs() if s.model == io_spec.GENERATOR_MODEL)
-        killed.update(pid=stub.pid, instance=stub.instance)
-        os.kill(stub.pid, signal.SIGKILL)
+        record.update(pid=stub.pid, instance=stub.instance)
+        os.kill(stub.pid, signum)
+    return fault
 
+
+def _kill_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
+    killed: dict[str, Any] = {}
+    recoveries = harness.supervisor.recoveries
     requests, samples, info = harness.phase(
         "stub", seconds=settings.fault_seconds, work=harness.good, client_options={"timeout": settings.timeout},
-        fault=fault, after_fault=lambda: harness.supervisor.recoveries > 0)
+        fault=_signal_a_generator_stub(harness, signal.SIGKILL, killed),
+        after_fault=lambda: harness.supervisor.recoveries > recoveries)
     return _fault_result(harness, requests, samples, info, **killed)
 
 
 def _hang_stub(harness: Harness, settings: Settings) -> dict[str, Any]:
     stopped: dict[str, Any] = {}
     hangs, recoveries = harness.supervisor.hangs, harness.supervisor.recoveries
-
-    def fault() -> None:  # a stub of the current generator: one of a version the stub phase replaced may linger
-        stub = next(s for s in harness.supervisor.serving_stubs() if s.model == io_spec.GENERATOR_MODEL)
-        stopped.update(pid=stub.pid, instance=stub.instance)
-        os.kill(stub.pid, signal.SIGSTOP)
-
     requests, samples, info = harness.phase(
         "hang", seconds=max(settings.fault_seconds, settings.fault_at + settings.stall_timeout + 1), work=harness.good,
-        client_options={"timeout": settings.timeout}, fault=fault,
+        client_options={"timeout": settings.timeout}, fault=_signal_a_generator_stub(harness, signal.SIGSTOP, stopped),
         after_fault=lambda: harness.supervisor.hangs > hangs and harness.supervisor.recoveries > recoveries)
     return _fault_result(harness, requests, samples, info, **stopped)
 
