@@ -84,9 +84,14 @@ class Heartbeat:
             self._beat()
 
     def _beat(self) -> None:
+        if not self.path.parent.is_dir():
+            return  # the folder went with the server's work files (a stub outliving its server): none to recreate
         beat = {"at": time.monotonic(), "started": self._started, "busy_since": self._busy_since}
-        with atomic_path(self.path) as temporary:
-            temporary.write_text(json.dumps(beat))
+        try:
+            with atomic_path(self.path) as temporary:
+                temporary.write_text(json.dumps(beat))
+        except OSError:
+            pass  # a full disk, say: this beat is missed (the next one tries again), the model keeps serving
 
 
 def read(folder: Path, pid: int) -> Beat | None:

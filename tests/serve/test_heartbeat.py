@@ -3,6 +3,7 @@ own hang test is in test_supervision.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,3 +92,16 @@ def test_hang_reason(beat: Beat | None, started: int | None, expected: str | Non
 def test_no_execute_limit_judges_only_the_beat() -> None:
     busy = Beat(at=99.0, started=7, busy_since=0.0)
     assert hang_reason(busy, 7, 100.0, stall_timeout=30.0, execute_timeout=None) is None
+
+
+def test_a_removed_folder_is_not_recreated(tmp_path: Path) -> None:
+    folder = tmp_path / "heartbeats"
+    folder.mkdir()
+    beats = Heartbeat(folder, period=PERIOD)
+    try:
+        shutil.rmtree(folder)  # the server's work files removed while the stub runs on
+        time.sleep(4 * PERIOD)
+        assert not folder.exists()
+        assert beats._thread.is_alive()  # still beating, should the folder come back
+    finally:
+        beats.stop()
