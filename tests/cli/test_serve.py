@@ -16,7 +16,8 @@ from spade_deploy import cli
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import read_rgb
 from spade_deploy.model.labels import write_label_png
-from spade_deploy.serve.server import free_ports
+from spade_deploy.serve.server import TritonServer, free_ports
+from spade_deploy.serve.supervisor import Supervisor
 from spade_deploy.serve.repository import write_repository
 from tests.fixtures.serving import Exported, require_triton
 
@@ -56,6 +57,29 @@ def test_serve_until_sigterm_and_synthesize_through_it(exported_segmap: Exported
             server.wait()
     output = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
     assert "stopping" in output and "stopped (tritonserver exit status 0)" in output, output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--stall-timeout", "0", "expected a positive number of seconds, got '0'"),
+    ("--stall-timeout", "soon", "expected a number of seconds, got 'soon'"),
+    ("--execute-timeout", "-1", "expected a number of seconds >= 0 (0: no limit), got '-1'"),
+    ("--execute-timeout", "inf", "expected a finite number of seconds, got 'inf'"),
+])
+def test_supervision_timeouts_are_checked(option: str, value: str, message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--repository", str(tmp_path), option, value])
+    assert exit_info.value.code == cli.USER_ERROR
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_the_supervisor_refuses_timeouts_that_are_not_positive(tmp_path: Path) -> None:
+    server = TritonServer(tmp_path)
+    with pytest.raises(ValueError,
+                       match=r"stall_timeout and execute_timeout must be positive \(seconds\), got 0 and 600"):
+        Supervisor(server, stall_timeout=0)
+    with pytest.raises(ValueError, match="got 30.0 and -1"):
+        Supervisor(server, execute_timeout=-1)
 
 
 @pytest.mark.parametrize("value", ["", "127.0.0.1:8001,", ",127.0.0.1:8001", "a:1,,b:2"])
