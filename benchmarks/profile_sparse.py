@@ -3,8 +3,9 @@ work, on a random-weight generator with calibrated batch-norm statistics and syn
 
     nice -n 10 .venv/bin/python benchmarks/profile_sparse.py --out benchmarks/results/<date>-<machine>-sparse-profile
 
-Kinds, by the node names the exporter gives (`/core/blocks.<i>/<module>/<op>`): `main conv` (a block's Conv, or the
-MatMuls of its Winograd convs), `winograd transforms` (the rest of those convs: slices, sums, padding), `boundary
+Kinds, by the node names the exporter gives (`/core/blocks.<i>/<module>/<op>`): `main conv` (a block's Conv, its
+1x1 shortcut's MatMul, or the MatMuls by U of its Winograd convs), `winograd transforms` (the rest of those convs:
+the tile gather, the input and output transforms' MatMuls, padding, transpose, bias), `boundary
 table` (the MatMul `actv @ W_t` of a modulation), `modulation gathers` (its look-ups: the boundary rows, then A and B
 per pixel), `modulation sums` (ReduceSum of the 9 taps), `modulation x*A+B` (Mul, Add), `layout` (the NCHWc reorders
 ONNX Runtime adds around convs), `label bookkeeping` (the per-resolution index work outside the blocks: Unique,
@@ -41,7 +42,8 @@ def kind(node: str, op: str) -> str:
     if op.startswith("Reorder"):
         return "layout"
     if "/conv_" in node:
-        return "main conv" if op in ("Conv", "MatMul") else "winograd transforms"
+        transform = "_transform/" in node
+        return "main conv" if op in ("Conv", "MatMul") and not transform else "winograd transforms"
     if "/mod_" in node:
         return {"MatMul": "boundary table", "Gather": "modulation gathers", "ReduceSum": "modulation sums",
                 "Mul": "modulation x*A+B", "Add": "modulation x*A+B"}.get(op, "other")

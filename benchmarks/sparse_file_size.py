@@ -5,8 +5,8 @@
 
 One random-weight generator (default: ADE20K 256x256, ngf 64) is exported three ways:
 - `plain`: the unmodified model (`--graph plain`), the baseline;
-- `sparse-stored-u`: the sparse graph with each U computed at export in float64 and stored, 16 [C, O] matrices per
-  conv (16/9 of its 3x3 weight);
+- `sparse-stored-u`: the sparse graph with each U computed at export in float64 and stored, one [C, O] matrix per
+  tile position (16 or 36 per conv: 16/9 or 4x its 3x3 weight);
 - `sparse`: the sparse graph as `spade-deploy export onnx` writes it: the 3x3 taps stored, U computed in the graph by
   Einsums of constants, which ONNX Runtime and OpenVINO fold when they load the file.
 Each file is then loaded by ONNX Runtime and by OpenVINO (f32) in a fresh process of its own, which reports its peak
@@ -157,18 +157,20 @@ def export_all(options: argparse.Namespace, folder: Path) -> tuple[dict[str, Pat
     from spade_deploy.model.synthetic import random_generator, synthetic_batch
 
     class StoredU(WinogradConv3x3):
-        """U = G W G^T computed at export in float64 and stored, one [C, O] buffer per tile position."""
+        """U = G W G^T computed at export in float64 and stored, `[positions, C, O]`."""
 
         def __init__(self, winograd: WinogradConv3x3) -> None:
             nn.Module.__init__(self)
-            self.out_channels = winograd.out_channels
-            u = (winograd.taps.double() @ winograd.tap_coefficients.double().t()).float()  # [C, O, 16]
-            for index in range(16):
-                self.register_buffer(f"u{index}", u[..., index].contiguous())
+            for name in ("tile", "height", "width", "out_channels", "per_position", "input_transform",
+                         "output_transform"):
+                setattr(self, name, getattr(winograd, name))
+            self.register_buffer("tile_index", winograd.tile_index, persistent=False)
+            u = torch.einsum("cot,kt->kco", winograd.taps.double(), winograd.tap_coefficients.double())
+            self.register_buffer("u", u.float().contiguous())
             self.register_buffer("bias", winograd.bias)
 
-        def transformed_weight(self, a: int, b: int) -> torch.Tensor:
-            return getattr(self, f"u{4 * a + b}")
+        def transformed_weights(self) -> torch.Tensor:
+            return self.u
 
     config = generator_preset(options.preset, ngf=options.ngf)
     height, width = config.image_size

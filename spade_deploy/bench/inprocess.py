@@ -2,7 +2,10 @@
 
 All runtimes are built first; then, per batch, they take turns call by call (a warm-up round, then `repeats` timed
 rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
-alike. Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and its
+alike. Each call starts after a pause of SETTLE_S: a runtime's worker threads keep spinning for a while after its
+call returns (ONNX Runtime's by default), and would otherwise take the cores from the next runtime's call (two
+sessions of the sparse ADE20K export taking turns back to back ran 1.09x slower than with 0.1 s between calls, 1.02x
+with 0.03 s). Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and its
 own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
 against drift. Reported per row: the precision the runtime computes in, median / p95 / p99 latency of a call,
 images/s (batch / median latency), peak memory, its quality (below) and speed-ups against eager, each plain runtime
@@ -51,6 +54,7 @@ from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_inp
 
 # 2: rows carry their precision and their quality against the float64 model; 3: and the best exact plain baseline
 FORMAT_VERSION = 3
+SETTLE_S = 0.1  # pause before each call of the runtimes taking turns (module docstring)
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
 
 
@@ -277,6 +281,7 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tupl
         for index in range(rounds):
             for entry in built[index % len(built):] + built[:index % len(built)]:
                 progress.set_postfix_str(entry.runtime.name)
+                time.sleep(SETTLE_S)
                 output, latency_ms, added_mb = timed_call(lambda: entry.run(feeds))
                 record = calls[entry.runtime.name]
                 record.max_abs_diff = max(record.max_abs_diff, float(np.abs(output - reference).max()))

@@ -13,8 +13,9 @@ with `code` a zero row outside the image (the conv's zero padding). So
 - the modulation `x * A + B` runs channels last, the layout of the look-ups, and so do the activations between
   sparse blocks (upsampling included: `fold.upsample_last`); ONNX Runtime folds the transposes around direct convs
   into their layout reorders;
-- the block's own 3x3 convs run as Winograd F(2x2, 3x3) on those channels-last activations where that pays
-  (`spade_deploy.export.winograd`, WINOGRAD_UP_TO), the one rewrite here of work that does not depend on the labels.
+- the block's own 3x3 convs run as Winograd F(2x2, 3x3) or F(4x4, 3x3) on those channels-last activations where
+  that pays (`spade_deploy.export.winograd`, `winograd_tile`), and its 1x1 shortcut conv as a MatMul: the rewrites
+  here of work that does not depend on the labels.
 All of it is standard ONNX (NonZero, Gather, MatMul, CumSum, Where, MaxPool, Unique). Blocks at resolutions where
 most pixels are boundary keep the dense folded path (see DENSE_BELOW).
 """
@@ -36,11 +37,15 @@ from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
 # label boundary and the sparse bookkeeping costs about what it saves (8, 16 and 32 px measure alike; A/B runs on
 # ADE20K 256x256 chose it).
 DENSE_BELOW = 16
-# Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd F(2x2, 3x3)
-# (spade_deploy.export.winograd): below it the MatMuls save more than the transforms cost, above it they do not
-# (A/B runs on ADE20K 256x256 chose it). The file keeps their 3x3 weights; the runtime computes the Winograd ones
-# (16/9 the size) when it loads the model, which costs load time, not file size or peak memory.
-WINOGRAD_UP_TO = 64
+# Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd convs
+# (spade_deploy.export.winograd): up to it the MatMuls save more than the transforms cost, above it (at 256x256 with
+# 64-128 channels) they do not. From LARGE_TILES_FROM up, in 4x4 output tiles (4x fewer multiplications than the
+# direct conv), below it in 2x2 tiles (2.25x), which round less and run as fast where the weights, not the
+# activations, are most of the memory traffic. Both chosen by timing each conv of ADE20K 256x256 in ONNX Runtime on
+# a 2-core CPU. The file keeps the 3x3 weights; the runtime computes the Winograd ones (16/9 or 4x the size) when it
+# loads the model, which costs load time, not file size.
+WINOGRAD_UP_TO = 128
+LARGE_TILES_FROM = 32
 
 
 class Level:
@@ -136,7 +141,8 @@ class SparseResBlock(nn.Module):
     channels_last = True
 
     def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
-                 winograd: bool = False) -> None:
+                 winograd: tuple[int, int, int] | None = None) -> None:
+        # winograd: (height, width, tile) of the Winograd main convs, or None for direct ones
         super().__init__()
         dense = FoldedResBlock(block, config)
         num_labels = config.num_label_channels
@@ -154,11 +160,14 @@ class SparseResBlock(nn.Module):
         mods = [SparseModulation(spade, class_actv[:, i * self.hidden:(i + 1) * self.hidden])
                 for i, spade in enumerate(spades)]
         self.mod_0, self.mod_1 = mods[0], mods[1]
-        main = WinogradConv3x3 if winograd else ChannelsLastConv
-        self.conv_0, self.conv_1 = main(dense.conv_0), main(dense.conv_1)
+        if winograd is None:
+            self.conv_0, self.conv_1 = ChannelsLastConv(dense.conv_0), ChannelsLastConv(dense.conv_1)
+        else:
+            self.conv_0, self.conv_1 = (WinogradConv3x3(dense.conv_0, *winograd),
+                                        WinogradConv3x3(dense.conv_1, *winograd))
         self.learned_shortcut = block.learned_shortcut
         if self.learned_shortcut:
-            self.mod_s, self.conv_s = mods[2], ChannelsLastConv(dense.conv_s)
+            self.mod_s, self.conv_s = mods[2], PointwiseConv(dense.conv_s)
         norm = block.norm_0.param_free_norm  # the same kind and eps in every SPADE of a block
         self.instance_norm_eps = norm.eps if isinstance(norm, nn.InstanceNorm2d) else None
 
@@ -191,6 +200,22 @@ class SparseResBlock(nn.Module):
         return to_channels_last(normalized)
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 conv (the learned shortcut) on channels-last tensors as one MatMul, `[N, h, w, C]` -> `[N, h, w, O]`:
+    no layout reorders around it, as a Conv would need (1.1-1.4x faster in ONNX Runtime from 32x32 to 256x256)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
+            raise ValueError(f"PointwiseConv needs a 1x1 conv with stride 1, no padding or groups; got {conv}")
+        self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].t().contiguous())  # [C, O]
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.weight
+        return out if self.bias is None else out + self.bias
+
+
 class ChannelsLastConv(nn.Module):
     """A conv on channels-last tensors, `[N, h, w, C]` -> `[N, h, w, O]`, like `WinogradConv3x3`."""
 
@@ -208,7 +233,7 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
     (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
     window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
-    most `winograd_up_to` on their shorter side (and even in both) run as Winograd F(2x2, 3x3); 0 turns it off."""
+    most `winograd_up_to` on their shorter side run as Winograd convs (`winograd_tile`); 0 turns it off."""
     graph = FoldedGenerator(generator)
     if generator.config.spade_kernel != 3:
         warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
@@ -219,7 +244,19 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     for index, (name, factor) in enumerate(zip(graph.block_names, graph.factors)):
         block_height, block_width = height // factor, width // factor
         if min(block_height, block_width) >= dense_below:
-            winograd = (min(block_height, block_width) <= winograd_up_to and block_height % 2 == 0
-                        and block_width % 2 == 0)
-            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows, winograd)
+            tile = winograd_tile(block_height, block_width, winograd_up_to)
+            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows,
+                                                 (block_height, block_width, tile) if tile else None)
     return graph.eval()
+
+
+def winograd_tile(height: int, width: int, up_to: int = WINOGRAD_UP_TO) -> int:
+    """The Winograd output tile (4 or 2) for a block's main convs at height x width, or 0 for direct convs: Winograd
+    up to `up_to` on the shorter side, 4x4 tiles from LARGE_TILES_FROM where both sides are multiples of 4, 2x2 tiles
+    where both are even."""
+    shorter = min(height, width)
+    if shorter > up_to:
+        return 0
+    if shorter >= LARGE_TILES_FROM and height % 4 == 0 and width % 4 == 0:
+        return 4
+    return 2 if height % 2 == 0 and width % 2 == 0 else 0

@@ -1,79 +1,124 @@
-"""A 3x3 convolution (stride 1, zero padding 1) by Winograd's minimal filtering F(2x2, 3x3): the same function with
-16 multiplications per 2x2 output tile and channel pair instead of 36.
+"""A 3x3 convolution (stride 1, zero padding 1) by Winograd's minimal filtering F(m x m, 3 x 3), m = 2 or 4: the same
+function with (m + 2)^2 multiplications per m x m output tile and channel pair instead of 9 m^2 (16 instead of 36 for
+m = 2, 36 instead of 144 for m = 4).
 
-Per tile, `Y = A^T [(G W G^T) . (B^T D B)] A` for the 4x4 input tile D (stride 2). The module stores the 3x3 weight
-W only: `U = G W G^T` is one Einsum of two constants per tile position, which ONNX Runtime and OpenVINO fold into
-constants when they load the model (and ONNX Runtime then pre-packs as MatMul weights). The TorchScript exporter does
-not fold Einsum, so the file holds W rather than U, which is 16/9 its size. The transforms of D and of the product are
-additions and subtractions, and the product is one MatMul per tile position (16). The rounding differs from a direct
-conv by a few float32 ulps of the result.
+Per tile, `Y = A^T [(G W G^T) . (B^T D B)] A` for the (m + 2)^2 input tile D (stride m). The matrices are Toom-Cook's
+for the interpolation points 0, 1, -1 (m = 2) and 0, 1, -1, 1/2, -2 (m = 4), and infinity: with those points F(4x4)
+rounds about 3x less than with the textbook 0, +-1, +-2 (on 256-channel convs, max |error| 4e-5 against 1.2e-4 for
+outputs of magnitude 16; F(2x2) and the direct conv 6e-6). The graph is four steps, each one ONNX op:
+- a Gather cuts every input tile out of the zero-padded input, one `[tiles, C]` matrix per tile position;
+- one MatMul by `B^T (x) B^T` (a Kronecker product, `(m + 2)^2` square) transforms them all;
+- the products by `U = G W G^T`: one [C, O] matrix per tile position, either one batched MatMul or one 2-D MatMul per
+  position. ONNX Runtime pre-packs 2-D MatMul weights when it loads the model and packs a batched one's on every call,
+  so per-position MatMuls pay where the weights outweigh the activations (`per_position`);
+- one MatMul by `A^T (x) A^T` gives the m x m outputs of every tile, and a transpose puts them in place.
+The module stores the 3x3 weight W only: U is an Einsum of two constants, which ONNX Runtime and OpenVINO fold into
+constants when they load the model. The TorchScript exporter does not fold Einsum, so the file holds W rather than U,
+which is (m + 2)^2 / 9 its size.
 
-It pays where the MatMuls dominate the memory-bound transforms: many channels at low resolution (on a 2-core CPU in
-ONNX Runtime, 1.5-1.7x for 1024 channels at 16x16 and 32x32; at 256x256 with 64-128 channels it is slower than the
-direct conv). `spade_deploy.export.sparse.WINOGRAD_UP_TO` is where the generator's sparse graph uses it.
+It pays where the MatMuls dominate the memory-bound transforms. On a 2-core CPU in ONNX Runtime (channels-last input
+and output, against the direct conv with its layout reorders): F(2x2) 1.5x at 16x16 with 1024 channels; F(4x4)
+1.4-2.3x from 32x32 (1024 channels) to 128x128 (128-256 channels), F(2x2) only 1.0-1.6x there; at 256x256 with 64-128
+channels both are slower than the direct conv. `spade_deploy.export.sparse.winograd_tile` is where the generator's
+sparse graph uses which.
 """
 from __future__ import annotations
+
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-# Row 4a + b: the coefficients of U[a][b] = (G W G^T)[a, b] over the 9 taps (3y + x), G[a, y] G[b, x]. Products of
-# 0, +-1/2 and 1: exact in float32.
-_TAP_COEFFICIENTS = torch.einsum("ay,bx->abyx", _G, _G).reshape(16, 9)
+
+def _matrix(rows: list[list[Fraction | int]]) -> torch.Tensor:
+    return torch.tensor([[float(value) for value in row] for row in rows], dtype=torch.float64)
 
 
-def _input_transform(pairs: torch.Tensor, axis: int) -> list[torch.Tensor]:
-    """B^T along a padded spatial axis split into (tiles + 1, 2) at `axis`, `axis + 1`: the 4 rows of tile i are
-    (even, odd) of pair i and of pair i + 1."""
-    even, odd = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
-    tiles = even.shape[axis] - 1
-    e0, e1 = even.narrow(axis, 0, tiles), even.narrow(axis, 1, tiles)
-    o0, o1 = odd.narrow(axis, 0, tiles), odd.narrow(axis, 1, tiles)
-    return [e0 - e1, o0 + e1, e1 - o0, o0 - o1]
+_HALF, _THIRD, _FIFTEENTH = Fraction(1, 2), Fraction(1, 3), Fraction(1, 15)
+# (B^T, G, A^T) by output tile size m. Every entry of B^T and A^T is exact in float32; G's thirds and fifteenths
+# round once, in the weights.
+TRANSFORMS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {
+    2: (_matrix([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]]),
+        _matrix([[-1, 0, 0], [_HALF, _HALF, _HALF], [_HALF, -_HALF, _HALF], [0, 0, 1]]),
+        _matrix([[1, 1, 1, 0], [0, 1, -1, 1]])),
+    4: (_matrix([[1, -3 * _HALF, -2, 3 * _HALF, 1, 0], [0, -1, _HALF, 5 * _HALF, 1, 0],
+                 [0, 1, -5 * _HALF, _HALF, 1, 0], [0, -2, -1, 2, 1, 0], [0, _HALF, -1, -_HALF, 1, 0],
+                 [0, 1, -3 * _HALF, -2, 3 * _HALF, 1]]),
+        _matrix([[1, 0, 0], [_THIRD, _THIRD, _THIRD], [-_THIRD, _THIRD, -_THIRD],
+                 [-16 * _FIFTEENTH, -8 * _FIFTEENTH, -4 * _FIFTEENTH], [_FIFTEENTH, -2 * _FIFTEENTH, 4 * _FIFTEENTH],
+                 [0, 0, 1]]),
+        _matrix([[1, 1, 1, 1, 1, 0], [0, 1, -1, _HALF, -2, 0], [0, 1, 1, _HALF ** 2, 4, 0],
+                 [0, 1, -1, _HALF ** 3, -8, 1]])),
+}
 
 
-def _output_transform(m: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A^T over the 4 tile positions -> the 2 output positions."""
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+class TileTransform(nn.Module):
+    """A constant matrix applied to every tile at once: `[N, positions in, X]` -> `[N, positions out, X]` (its own
+    module so that profiles name its MatMul apart from the products by U)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("matrix", matrix.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ x
 
 
 class WinogradConv3x3(nn.Module):
-    """`conv(x)` for a 3x3, stride-1, padding-1 `nn.Conv2d` (groups 1, dilation 1) on channels-last tensors:
-    `[N, H, W, C]` with even H and W -> `[N, H, W, O]`."""
+    """`conv(x)` for a 3x3, stride-1, padding-1 `nn.Conv2d` (groups 1, dilation 1) on channels-last tensors of the size
+    it is built for: `[N, height, width, C]` -> `[N, height, width, O]`, in output tiles of `tile` x `tile` (2 or 4;
+    height and width multiples of it)."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2) -> None:
         super().__init__()
         shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
         if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
             raise ValueError(f"WinogradConv3x3 needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; "
                              f"got {conv}")
+        if tile not in TRANSFORMS:
+            raise ValueError(f"tile must be one of {sorted(TRANSFORMS)}, got {tile}")
+        if height % tile or width % tile or height < 1 or width < 1:
+            raise ValueError(f"height and width must be positive multiples of the tile ({tile}); got {height}x{width}")
         weight = conv.weight.detach()  # [O, C, 3, 3]
-        self.out_channels = weight.shape[0]
-        # Taps last, so that contracting them gives each tile position's [C, O] matrix directly: ONNX Runtime
-        # pre-packs only 2-D MatMul weights (a [16, C, O] batch it would repack on every call).
-        self.register_buffer("taps", weight.permute(1, 0, 2, 3).reshape(weight.shape[1], self.out_channels, 9)
-                             .contiguous())  # [C, O, 9]
-        self.register_buffer("tap_coefficients", _TAP_COEFFICIENTS.clone(), persistent=False)  # [16, 9]
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(self.out_channels)
+        out_channels, in_channels = weight.shape[:2]
+        self.tile, self.height, self.width, self.out_channels = tile, height, width, out_channels
+        b_t, g, a_t = TRANSFORMS[tile]
+        span = tile + 2  # the input tile's side
+        # Taps last, so that contracting them gives each tile position's [C, O] matrix directly.
+        self.register_buffer("taps", weight.permute(1, 0, 2, 3).reshape(in_channels, out_channels, 9).contiguous())
+        # Row `span * a + b`: the coefficients of U[a][b] = (G W G^T)[a, b] over the 9 taps (3y + x).
+        self.register_buffer("tap_coefficients", torch.einsum("ay,bx->abyx", g, g).reshape(span ** 2, 9).float(),
+                             persistent=False)
+        self.input_transform = TileTransform(torch.kron(b_t, b_t))
+        self.output_transform = TileTransform(torch.kron(a_t, a_t))
+        # Flat index, in the padded [height + 2, width + 2] grid, of tile position (a, b) of every tile (ty, tx).
+        rows = torch.arange(span).view(-1, 1) + torch.arange(0, height, tile)  # [a, ty]: padded row of tile row a
+        columns = torch.arange(span).view(-1, 1) + torch.arange(0, width, tile)  # [b, tx]
+        index = rows.view(span, 1, -1, 1) * (width + 2) + columns.view(1, span, 1, -1)  # [a, b, ty, tx]
+        self.register_buffer("tile_index", index.reshape(span ** 2, -1), persistent=False)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_channels)
         self.register_buffer("bias", bias.clone())
+        tiles = (height // tile) * (width // tile)
+        self.per_position = in_channels * out_channels > tiles * (in_channels + out_channels)
 
-    def transformed_weight(self, a: int, b: int) -> torch.Tensor:
-        """U[a][b] = (G W G^T)[a, b] as [C, O]: in the exported graph an Einsum of two constants, which the runtime
-        folds at load. (ONNX Runtime folds a MatMul of [C, O, 9] by [9] about 100x slower, as a batch of C
-        products.)"""
-        return torch.einsum("cot,t->co", self.taps, self.tap_coefficients[4 * a + b])
+    def transformed_weights(self) -> torch.Tensor:
+        """U = G W G^T for every tile position, `[span^2, C, O]`: in the exported graph an Einsum of two constants,
+        which the runtime folds at load."""
+        return torch.einsum("cot,kt->kco", self.taps, self.tap_coefficients)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, h, w, c = x.shape  # [N, H, W, C]
-        padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # [N, H + 2, W + 2, C]
-        rows = _input_transform(padded.reshape(n, h // 2 + 1, 2, w + 2, c), 1)  # 4 x [N, H/2, W + 2, C]
-        m = [[tile @ self.transformed_weight(a, b)  # [N, H/2, W/2, O]
-              for b, tile in enumerate(_input_transform(row.reshape(n, h // 2, w // 2 + 1, 2, c), 2))]
-             for a, row in enumerate(rows)]
-        by_column = [_output_transform(list(column)) for column in zip(*m)]  # [b][i]: A^T over the rows a
-        y = [_output_transform(list(row)) for row in zip(*by_column)]  # [i][j]: then over the columns b
-        # Output pixel (2 t_y + i, 2 t_x + j), channels last: stacking keeps whole rows of O contiguous.
-        out = torch.stack([torch.stack(row, 3) for row in y], 2)  # [N, H/2, 2, W/2, 2, O]
-        return out.reshape(n, h, w, self.out_channels) + self.bias
+        batch, channels = x.shape[0], x.shape[3]  # [N, H, W, C]
+        positions = self.tile_index.shape[0]
+        flat = F.pad(x, (0, 0, 1, 1, 1, 1)).reshape(batch, -1, channels)  # [N, (H + 2)(W + 2), C]
+        tiles = flat[:, self.tile_index]  # [N, positions, tiles, C]
+        transformed = self.input_transform(tiles.reshape(batch, positions, -1)).reshape(tiles.shape)
+        weights = self.transformed_weights()
+        if self.per_position:
+            products = torch.stack([transformed[:, k] @ weights[k] for k in range(positions)], 1)
+        else:
+            products = transformed @ weights  # [N, positions, tiles, O]
+        out = self.output_transform(products.reshape(batch, positions, -1))  # [N, tile^2, tiles * O]
+        out = out.reshape(batch, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
+                          self.out_channels)
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(batch, self.height, self.width, self.out_channels) + self.bias

@@ -14,7 +14,7 @@ from spade_deploy.export.fold import FoldedGenerator
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.runtime import OnnxGenerator
-from spade_deploy.export.sparse import Level, SparseResBlock, sparse_generator
+from spade_deploy.export.sparse import Level, PointwiseConv, SparseResBlock, sparse_generator, winograd_tile
 from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from spade_deploy.export.winograd import WinogradConv3x3
 from tests.export.test_fold import VARIANTS
@@ -51,6 +51,8 @@ def models(request):
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
     winograd = [[isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks] for graph in sparse]
     assert any(winograd[0]) and not any(winograd[1])
+    # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
+    assert {block.conv_0.tile for block in sparse[0].blocks if isinstance(block.conv_0, WinogradConv3x3)} == {2, 4}
     return generator, FoldedGenerator(generator).eval(), sparse
 
 
@@ -110,12 +112,33 @@ def test_other_spade_kernels_stay_dense():
 
 
 def test_winograd_only_where_chosen():
-    """Winograd main convs in the sparse blocks up to `winograd_up_to` px with even sides; direct convs elsewhere."""
-    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=128, aspect_ratio=2.0), seed=1)
-    graph = sparse_generator(generator, 64, 96, dense_below=1, winograd_up_to=16)
-    sizes = {name: (64 // factor, 96 // factor) for name, factor in zip(graph.block_names, graph.factors)}
-    for name, block in zip(graph.block_names, graph.blocks):
-        height, width = sizes[name]
-        expected = min(height, width) <= 16 and height % 2 == 0 and width % 2 == 0
-        assert isinstance(block.conv_0, WinogradConv3x3) == expected == isinstance(block.conv_1, WinogradConv3x3)
-    assert any(isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks)
+    """Winograd main convs in the sparse blocks up to `winograd_up_to` px: 4x4 tiles from LARGE_TILES_FROM where both
+    sides are multiples of 4, 2x2 tiles where both are even; direct convs elsewhere."""
+    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=256, aspect_ratio=2.0), seed=1)
+    graph = sparse_generator(generator, 96, 136, dense_below=1, winograd_up_to=48)
+    tiles = {}
+    for factor, block in zip(graph.factors, graph.blocks):
+        tile = block.conv_0.tile if isinstance(block.conv_0, WinogradConv3x3) else 0
+        assert tile == (block.conv_1.tile if isinstance(block.conv_1, WinogradConv3x3) else 0)
+        tiles[(96 // factor, 136 // factor)] = tile
+    # 96x136 is past winograd_up_to; 48x68 and 24x34 are not, but 24 is under LARGE_TILES_FROM; 3x4 has an odd side.
+    assert tiles == {(3, 4): 0, (6, 8): 2, (12, 17): 0, (24, 34): 2, (48, 68): 4, (96, 136): 0}
+
+
+@pytest.mark.parametrize("size, up_to, tile", [((128, 128), 128, 4), ((256, 256), 128, 0), ((32, 64), 128, 4),
+                                               ((16, 16), 128, 2), ((36, 34), 128, 2), ((33, 64), 128, 0),
+                                               ((64, 64), 0, 0), ((64, 64), 32, 0)])
+def test_winograd_tile_rule(size, up_to, tile):
+    assert winograd_tile(*size, up_to) == tile
+
+
+def test_pointwise_conv_is_the_1x1_conv_channels_last():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = torch.nn.Conv2d(6, 5, 1, bias=bias)
+        x = torch.randn(2, 6, 4, 3)
+        with torch.no_grad():
+            got = PointwiseConv(conv)(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            assert (got - conv(x)).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="needs a 1x1 conv with stride 1, no padding or groups"):
+        PointwiseConv(torch.nn.Conv2d(6, 5, 3, padding=1))
