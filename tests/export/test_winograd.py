@@ -146,3 +146,54 @@ def test_rejects_other_convs(conv):
 def test_rejects_bad_sizes_and_tiles(size, tile, message):
     with pytest.raises(ValueError, match=message):
         WinogradConv3x3(nn.Conv2d(4, 4, 3, padding=1), *size, tile)
+
+
+# A stripe of r rows (r a multiple of 4 dividing 24) has 36 x r/4 x 4 x 8 input floats: 1,152 r bytes.
+@pytest.mark.parametrize("stripe_bytes, stripes", [(None, 1), (1152 * 8, 3), (1152 * 6, 6), (1152 * 8 - 1, 6),
+                                                   (1152 * 12, 2), (10 ** 9, 1)])
+def test_stripes(stripe_bytes, stripes):
+    """In stripes of input tiles that fit `stripe_bytes` (at least one tile row each), the same output as the direct
+    conv; ONNX Runtime runs the striped graph alike."""
+    conv, x = conv_and_input(8, 6, 24, 16, 2)  # U: 36 x 8 x 6 floats, 6.9 kB
+    module = WinogradConv3x3(conv, 24, 16, 4, stripe_bytes)
+    assert module.stripes == stripes
+    with torch.no_grad():
+        expected = conv(x)
+        got = module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert (got - expected).abs().max() <= TOLERANCE[4]
+
+
+def test_no_stripes_where_the_weights_do_not_fit():
+    """Every stripe would read U from memory again: one stripe where U is larger than `stripe_bytes`."""
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    assert WinogradConv3x3(conv, 24, 16, 4, 36 * 8 * 6 * 4 - 1).stripes == 1
+    assert WinogradConv3x3(conv, 24, 16, 4, 36 * 8 * 6 * 4).stripes == 6
+
+
+def test_stripes_in_onnx_runtime(tmp_path):
+    """ONNX Runtime runs the striped graph to the same tolerance at any batch, with U folded into one constant that
+    every stripe shares."""
+    conv, x = conv_and_input(8, 6, 24, 16, 3)
+    module = WinogradConv3x3(conv, 24, 16, 4, 1152 * 8)
+    assert module.stripes == 3
+    path = tmp_path / "striped.onnx"
+    x_last = x.permute(0, 2, 3, 1).contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x_last,), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(options.optimized_model_filepath).graph
+    initializers = {tensor.name: list(tensor.dims) for tensor in folded.initializer}
+    weights = {node.input[1] for node in folded.node if node.op_type == "MatMul" and node.input[1] in initializers
+               and initializers[node.input[1]] == [36, 8, 6]}
+    assert len(weights) == 1
+    with torch.no_grad():
+        expected = conv(x).permute(0, 2, 3, 1).numpy()
+    for batch in (3, 1):
+        (y,) = session.run(None, {"x": x_last.numpy()[:batch]})
+        assert np.abs(y - expected[:batch]).max() <= TOLERANCE[4]
