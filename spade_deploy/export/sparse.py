@@ -37,14 +37,14 @@ from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
 # label boundary and the sparse bookkeeping costs about what it saves (8, 16 and 32 px measure alike; A/B runs on
 # ADE20K 256x256 chose it).
 DENSE_BELOW = 16
-# Sparse blocks at most this size (shorter side; None: any) run their main 3x3 convs as Winograd convs
-# (spade_deploy.export.winograd); it pays at every size of ADE20K 256x256 (1.1-2.1x the direct conv with its layout
-# reorders, in ONNX Runtime on a 2-core CPU), at 128x128 and 256x256 only in stripes that stay in the caches. From
-# LARGE_TILES_FROM up, in 4x4 output tiles (4x fewer multiplications than the direct conv), below it in 2x2 tiles
-# (2.25x), which round less and run as fast where the weights, not the activations, are most of the memory traffic.
-# The file keeps the 3x3 weights; the runtime computes the Winograd ones (16/9 or 4x the size) when it loads the
-# model, which costs load time, not file size.
-WINOGRAD_UP_TO: int | None = None
+# Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd convs
+# (spade_deploy.export.winograd): up to it the MatMuls save more than the transforms cost, above it (at 256x256 with
+# 64-128 channels) they do not. From LARGE_TILES_FROM up, in 4x4 output tiles (4x fewer multiplications than the
+# direct conv), below it in 2x2 tiles (2.25x), which round less and run as fast where the weights, not the
+# activations, are most of the memory traffic. Both chosen by timing each conv of ADE20K 256x256 in ONNX Runtime on
+# a 2-core CPU. The file keeps the 3x3 weights; the runtime computes the Winograd ones (16/9 or 4x the size) when it
+# loads the model, which costs load time, not file size.
+WINOGRAD_UP_TO = 128
 LARGE_TILES_FROM = 32
 
 
@@ -229,12 +229,11 @@ class ChannelsLastConv(nn.Module):
 
 def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
                      dense_below: int = DENSE_BELOW, unique_windows: bool = True,
-                     winograd_up_to: int | None = WINOGRAD_UP_TO) -> FoldedGenerator:
+                     winograd_up_to: int = WINOGRAD_UP_TO) -> FoldedGenerator:
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
     (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
     window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
-    most `winograd_up_to` on their shorter side (None: any) run as Winograd convs (`winograd_tile`); 0 turns it
-    off."""
+    most `winograd_up_to` on their shorter side run as Winograd convs (`winograd_tile`); 0 turns it off."""
     graph = FoldedGenerator(generator)
     if generator.config.spade_kernel != 3:
         warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
@@ -251,12 +250,12 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     return graph.eval()
 
 
-def winograd_tile(height: int, width: int, up_to: int | None = WINOGRAD_UP_TO) -> int:
+def winograd_tile(height: int, width: int, up_to: int = WINOGRAD_UP_TO) -> int:
     """The Winograd output tile (4 or 2) for a block's main convs at height x width, or 0 for direct convs: Winograd
-    up to `up_to` on the shorter side (None: any), 4x4 tiles from LARGE_TILES_FROM where both sides are multiples of
-    4, 2x2 tiles where both are even."""
+    up to `up_to` on the shorter side, 4x4 tiles from LARGE_TILES_FROM where both sides are multiples of 4, 2x2 tiles
+    where both are even."""
     shorter = min(height, width)
-    if up_to is not None and shorter > up_to:
+    if shorter > up_to:
         return 0
     if shorter >= LARGE_TILES_FROM and height % 4 == 0 and width % 4 == 0:
         return 4

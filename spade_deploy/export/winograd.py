@@ -16,11 +16,11 @@ The module stores the 3x3 weight W only: U is an Einsum of two constants, which 
 constants when they load the model. The TorchScript exporter does not fold Einsum, so the file holds W rather than U,
 which is (m + 2)^2 / 9 its size.
 
-It pays where the MatMuls dominate the memory-bound transforms, or where the transforms' intermediates stay in the
-caches. On a 2-core CPU in ONNX Runtime (channels-last input and output, against the direct conv with its layout
-reorders): F(2x2) 1.3-1.5x at 16x16 with 1024 channels; F(4x4) 1.8-2.1x from 32x32 to 64x64 (256-1024 channels) and,
-in stripes (`STRIPE_BYTES`), 1.1-1.6x at 128x128 and 256x256 (64-256 channels), where it is 0.8-1.3x in one piece.
-`spade_deploy.export.sparse.winograd_tile` is where the generator's sparse graph uses which.
+It pays where the MatMuls dominate the memory-bound transforms. On a 2-core CPU in ONNX Runtime (channels-last input
+and output, against the direct conv with its layout reorders): F(2x2) 1.5x at 16x16 with 1024 channels; F(4x4)
+1.4-2.3x from 32x32 (1024 channels) to 128x128 (128-256 channels), F(2x2) only 1.0-1.6x there; at 256x256 with 64-128
+channels both are slower than the direct conv. `spade_deploy.export.sparse.winograd_tile` is where the generator's
+sparse graph uses which.
 """
 from __future__ import annotations
 
@@ -53,11 +53,6 @@ TRANSFORMS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {
 }
 
 
-# At most this much input tiles per stripe (batch 1): 2.4-4.7 MB stripes ran fastest on a 2-core Zen 5 (1 MiB L2 per
-# core, 32 MiB shared L3) at 128x128 and 256x256 with 64-256 channels, up to 1.4x faster than one stripe.
-STRIPE_BYTES = 5 * 2 ** 20
-
-
 class TileTransform(nn.Module):
     """A constant matrix applied to every tile at once: `[N, positions in, X]` -> `[N, positions out, X]` (its own
     module so that profiles name its MatMul apart from the products by U)."""
@@ -73,15 +68,9 @@ class TileTransform(nn.Module):
 class WinogradConv3x3(nn.Module):
     """`conv(x)` for a 3x3, stride-1, padding-1 `nn.Conv2d` (groups 1, dilation 1) on channels-last tensors of the size
     it is built for: `[N, height, width, C]` -> `[N, height, width, O]`, in output tiles of `tile` x `tile` (2 or 4;
-    height and width multiples of it).
+    height and width multiples of it)."""
 
-    Where U fits in `stripe_bytes`, the image is computed in horizontal stripes whose input tiles take at most
-    `stripe_bytes` at batch 1 (None: one stripe), so that a stripe's intermediates stay in the CPU's caches between
-    the steps instead of going through memory. (Where U does not fit, every stripe would read it from memory again:
-    at 32x32 and 64x64 with 256-1024 channels, stripes were 1.1x slower.)"""
-
-    def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2,
-                 stripe_bytes: int | None = STRIPE_BYTES) -> None:
+    def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2) -> None:
         super().__init__()
         shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
         if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
@@ -103,23 +92,14 @@ class WinogradConv3x3(nn.Module):
                              persistent=False)
         self.input_transform = TileTransform(torch.kron(b_t, b_t))
         self.output_transform = TileTransform(torch.kron(a_t, a_t))
-        # Rows per stripe: the most (a multiple of the tile dividing the height) whose input tiles fit stripe_bytes;
-        # one stripe where U itself does not fit (every stripe would read it from memory again).
-        if stripe_bytes is None or span ** 2 * in_channels * out_channels * 4 > stripe_bytes:
-            stripe_bytes = None
-        fits = [rows for rows in range(tile, height + 1, tile) if height % rows == 0 and (
-            stripe_bytes is None or span ** 2 * (rows // tile) * (width // tile) * in_channels * 4 <= stripe_bytes)]
-        self.stripe_height = max(fits, default=tile)
-        self.stripes = height // self.stripe_height
-        # Flat index, in the padded [height + 2, width + 2] grid, of tile position (a, b) of every tile (ty, tx) of
-        # the first stripe; stripe s adds s * stripe_height rows.
-        rows = torch.arange(span).view(-1, 1) + torch.arange(0, self.stripe_height, tile)  # [a, ty]
+        # Flat index, in the padded [height + 2, width + 2] grid, of tile position (a, b) of every tile (ty, tx).
+        rows = torch.arange(span).view(-1, 1) + torch.arange(0, height, tile)  # [a, ty]: padded row of tile row a
         columns = torch.arange(span).view(-1, 1) + torch.arange(0, width, tile)  # [b, tx]
         index = rows.view(span, 1, -1, 1) * (width + 2) + columns.view(1, span, 1, -1)  # [a, b, ty, tx]
         self.register_buffer("tile_index", index.reshape(span ** 2, -1), persistent=False)
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_channels)
         self.register_buffer("bias", bias.clone())
-        tiles = (self.stripe_height // tile) * (width // tile)  # per stripe, at batch 1
+        tiles = (height // tile) * (width // tile)
         self.per_position = in_channels * out_channels > tiles * (in_channels + out_channels)
 
     def transformed_weights(self) -> torch.Tensor:
@@ -129,23 +109,16 @@ class WinogradConv3x3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[0], x.shape[3]  # [N, H, W, C]
+        positions = self.tile_index.shape[0]
         flat = F.pad(x, (0, 0, 1, 1, 1, 1)).reshape(batch, -1, channels)  # [N, (H + 2)(W + 2), C]
-        weights = self.transformed_weights()
-        if self.per_position:  # sliced once, so that every stripe multiplies by the same folded constants
-            weights = [weights[k] for k in range(weights.shape[0])]
-        stripe_offset = self.stripe_height * (self.width + 2)
-        stripes = [self._stripe(flat[:, self.tile_index + s * stripe_offset], weights) for s in range(self.stripes)]
-        return (torch.cat(stripes, 1) if len(stripes) > 1 else stripes[0]) + self.bias
-
-    def _stripe(self, tiles: torch.Tensor, weights: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        """The output rows `[N, stripe_height, W, O]` of the input tiles `[N, positions, tiles, C]`."""
-        batch, positions = tiles.shape[:2]
+        tiles = flat[:, self.tile_index]  # [N, positions, tiles, C]
         transformed = self.input_transform(tiles.reshape(batch, positions, -1)).reshape(tiles.shape)
-        if isinstance(weights, list):
-            products = torch.stack([transformed[:, k] @ weight for k, weight in enumerate(weights)], 1)
+        weights = self.transformed_weights()
+        if self.per_position:
+            products = torch.stack([transformed[:, k] @ weights[k] for k in range(positions)], 1)
         else:
             products = transformed @ weights  # [N, positions, tiles, O]
         out = self.output_transform(products.reshape(batch, positions, -1))  # [N, tile^2, tiles * O]
-        out = out.reshape(batch, self.tile, self.tile, self.stripe_height // self.tile, self.width // self.tile,
+        out = out.reshape(batch, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
                           self.out_channels)
-        return out.permute(0, 3, 1, 4, 2, 5).reshape(batch, self.stripe_height, self.width, self.out_channels)
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(batch, self.height, self.width, self.out_channels) + self.bias
