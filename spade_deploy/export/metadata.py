@@ -24,8 +24,8 @@ TOLERANCE = 1e-4  # max |delta| of every export against eager PyTorch on image_f
 
 # The deployment graphs (built by spade_deploy.export.graphs), all computing the eager model's function.
 GRAPHS: dict[str, str] = {
-    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window, Winograd main convs at low "
-              "resolution (fewest operations, for CPUs; ONNX Unique, NonZero, Gather)",
+    "sparse": "boundary-sparse SPADE modulation, one row per distinct label window, Winograd main convs up to "
+              "128 px (fewest operations, for CPUs; ONNX Unique, NonZero, Gather)",
     "sparse-tensorrt": "boundary-sparse without the window deduplication and direct convs: no ONNX Unique, so "
                        "TensorRT builds it",
     "dense": "folded only (every op dense)",
