@@ -27,7 +27,7 @@ from tqdm import tqdm
 from spade_deploy.errors import Failure
 from spade_deploy.export.graphs import DeployGenerator
 from spade_deploy.export.metadata import TOLERANCE
-from spade_deploy.export.precision import FP32, OPENVINO
+from spade_deploy.export.precision import FP32, runtime_name
 from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
 from spade_deploy.model.networks import ConvEncoder, SPADEGenerator
 from spade_deploy.model.synthetic import random_style, synthetic_batch
@@ -123,7 +123,7 @@ def generator_parity(generator: SPADEGenerator, graph: DeployGenerator, onnx_pat
     way it will run (`OnnxGenerator`: ONNX Runtime, or OpenVINO at bf16 for a bf16 export), vs the eager
     generator."""
     runtime = OnnxGenerator(onnx_path)
-    runtime_name = f"OpenVINO {runtime.precision}" if runtime.runtime == OPENVINO else "ONNX Runtime"
+    runtime_label = runtime_name(runtime.runtime, runtime.precision)
     config, height, width = runtime.config, runtime.height, runtime.width
     reference_model = float64_copy(generator)
     worst: dict[str, Comparison] = {}
@@ -139,8 +139,8 @@ def generator_parity(generator: SPADEGenerator, graph: DeployGenerator, onnx_pat
         _, folded_float = graph(*(torch.from_numpy(value) for value in inputs.values()))
         _, onnx_float = runtime(labels, instances, None if z is None else z.numpy())
         for result in compare("image_float", reference, eager, {"graph in PyTorch": folded_float.numpy(),
-                                                                runtime_name: onnx_float},
-                              {runtime_name: runtime.precision}):
+                                                                runtime_label: onnx_float},
+                              {runtime_label: runtime.precision}):
             _keep_worst(worst, result)
     return list(worst.values())
 

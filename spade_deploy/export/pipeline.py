@@ -23,7 +23,7 @@ from spade_deploy.export.metadata import TOLERANCE
 from spade_deploy.export.onnx import write_encoder_onnx, write_generator_onnx
 from spade_deploy.export.parity import (Comparison, check, encoder_parity, format_quality, format_table,
                                         generator_parity)
-from spade_deploy.export.precision import FP32, OPENVINO, Choice, choose
+from spade_deploy.export.precision import FP32, OPENVINO, Choice, choose, runtime_name
 from spade_deploy.export.runtime import openvino_unavailable
 from spade_deploy.files import atomic_path
 from spade_deploy.model import io_spec
@@ -105,8 +105,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, encoder: str | Path 
         path = write_generator_onnx(module, out / GENERATOR_FILE, height=height, width=width,
                                     precision=choice.precision, runtime=choice.runtime)
         exported = Exported(generator, module, path, choice)
-    runner = f"OpenVINO at {choice.precision}" if choice.runtime == OPENVINO else "ONNX Runtime"
-    with step(f"parity: eager, deployment graph and {runner} vs float64 (generator)"):
+    with step(f"parity: eager, deployment graph and {runtime_name(choice.runtime, choice.precision)} vs float64 "
+              "(generator)"):
         exported.parity += generator_parity(generator, module, exported.generator_onnx, samples=parity_samples)
     if style_encoder is not None:
         with step("exporting the encoder to ONNX"):

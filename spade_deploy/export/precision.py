@@ -37,7 +37,19 @@ class Choice:
     @property
     def why(self) -> str:
         """One line: the precision, why, and what runs it."""
-        return f"{self.precision} {self.reason}: our {self.graph} graph in {_RUNTIME_NAMES[self.runtime]}"
+        return f"{self.precision} {self.reason}: our {self.graph} graph in {runtime_name(self.runtime)}"
+
+
+def runtime_for(precision: str) -> str:
+    """The runtime an export at `precision` runs in: ONNX Runtime for fp32, OpenVINO for bf16."""
+    return ONNXRUNTIME if precision == FP32 else OPENVINO
+
+
+def runtime_name(runtime: str, precision: str | None = None) -> str:
+    """A runtime as messages name it: "ONNX Runtime", "OpenVINO", or OpenVINO with the precision it computes in
+    ("OpenVINO bf16") where one is given."""
+    name = _RUNTIME_NAMES[runtime]
+    return f"{name} {precision}" if runtime == OPENVINO and precision else name
 
 
 def cpu_flags() -> set[str]:

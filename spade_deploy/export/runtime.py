@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from spade_deploy.errors import Failure
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.export.precision import BF16, FP16, FP32
+from spade_deploy.export.precision import BF16, FP16, FP32, ONNXRUNTIME, runtime_for
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import as_rgb_batch
 
@@ -86,7 +86,7 @@ def open_session(path: str | Path, precision: str = FP32, *, threads: int | None
     """The session an export at `precision` runs in (both take `.run(output_names, feeds)`) and the precision it
     computes in: fp32 in ONNX Runtime (its CPU kernels; `providers` apply), bf16 in OpenVINO (as OpenVINO reports what
     it chose: f32 on a CPU without bf16 hardware)."""
-    if precision == FP32:
+    if runtime_for(precision) == ONNXRUNTIME:
         return make_session(path, threads=threads, providers=providers), FP32
     if providers:
         raise ValueError(f"{path} is a {precision} export, which runs in OpenVINO: ONNX Runtime providers do not apply")

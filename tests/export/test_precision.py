@@ -16,7 +16,7 @@ from spade_deploy.export.metadata import ExportMetadata, read_export_metadata
 from spade_deploy.export.parity import EAGER, float64_copy, quality
 from spade_deploy.export.pipeline import PARITY_FILE, export_choice, export_onnx
 from spade_deploy.export.precision import (BF16, BF16_FLAGS, FP16, FP32, ONNXRUNTIME, OPENVINO, Choice, choose,
-                                           cpu_flags, fastest_choice)
+                                           cpu_flags, fastest_choice, runtime_for, runtime_name)
 from spade_deploy.export.runtime import OnnxGenerator, openvino_unavailable
 from spade_deploy.model.checkpoint import save_generator
 from spade_deploy.model.config import GeneratorConfig
@@ -161,3 +161,11 @@ def test_onnx_generator_runs_a_bf16_export_in_openvino_at_bf16(bf16_export) -> N
     assert image.dtype == np.uint8 and image.shape == (2, 64, 64, 3)
     with pytest.raises(ValueError, match="runs in OpenVINO: ONNX Runtime providers do not apply"):
         OnnxGenerator(exported.generator_onnx, providers=["CPUExecutionProvider"])
+
+
+def test_runtime_names():
+    """One rule for which runtime runs an export, one spelling of each runtime in messages."""
+    assert (runtime_for(FP32), runtime_for(BF16)) == (ONNXRUNTIME, OPENVINO)
+    assert runtime_name(ONNXRUNTIME) == runtime_name(ONNXRUNTIME, FP32) == "ONNX Runtime"
+    assert (runtime_name(OPENVINO), runtime_name(OPENVINO, BF16), runtime_name(OPENVINO, FP32)) == (
+        "OpenVINO", "OpenVINO bf16", "OpenVINO fp32")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from spade_deploy.export.precision import FP32
+from spade_deploy.export.precision import FP32, runtime_for, runtime_name
 from spade_deploy.export.runtime import open_session
 from spade_deploy.serve.heartbeat import Heartbeat
 from spade_deploy.serve.served_model import (INTRA_OP_THREADS, PRECISION, ServedModel, check_request,
@@ -28,7 +28,7 @@ class TritonPythonModel:
         precision = config["parameters"].get(PRECISION, {}).get("string_value", FP32)
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session, computed = open_session(path, precision, threads=threads)
-        self.runtime = "ONNX Runtime" if precision == FP32 else "OpenVINO"
+        self.runtime = runtime_name(runtime_for(precision))
         if computed != precision:
             pb_utils.Logger.log_warn(f"{config['name']}: a {precision} export, which OpenVINO runs at {computed} on "
                                      f"this CPU (no {precision} hardware)")
