@@ -62,7 +62,9 @@ BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label nei
 class Options:
     batches: tuple[int, ...] = (1, 4)
     repeats: int = 5  # timed calls per runtime and batch
-    warmup: int = 1  # untimed calls before them
+    # Untimed calls before them: two, as an ONNX Runtime session's second call still took about 2x its median
+    # (ADE20K 256x256, sparse and plain exports alike).
+    warmup: int = 2
     threads: int = 2  # intra-op threads of every runtime (torch.set_num_threads for PyTorch)
     seed: int = 0  # weights, label maps and latents
     regions: int = 16  # irregular regions per synthetic label map: the boundary share follows from it

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inprocess.add_argument("--runtimes", type=_names, metavar="NAME,…",
                            help=f"runtimes to compare (default: all): {', '.join(RUNTIMES)}")
     inprocess.add_argument("--repeats", type=int, help="timed calls per runtime and batch (default: 5)")
-    inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 1)")
+    inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 2)")
     inprocess.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: 2)")
     inprocess.add_argument("--one-at-a-time", action="store_true", default=None,
                            help="build, time and free each runtime in turn instead of letting them take turns call "
