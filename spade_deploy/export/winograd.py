@@ -108,17 +108,20 @@ class WinogradConv3x3(nn.Module):
         return torch.einsum("cot,kt->kco", self.taps, self.tap_coefficients)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels = x.shape[0], x.shape[3]  # [N, H, W, C]
-        positions = self.tile_index.shape[0]
-        flat = F.pad(x, (0, 0, 1, 1, 1, 1)).reshape(batch, -1, channels)  # [N, (H + 2)(W + 2), C]
-        tiles = flat[:, self.tile_index]  # [N, positions, tiles, C]
-        transformed = self.input_transform(tiles.reshape(batch, positions, -1)).reshape(tiles.shape)
+        # Every shape but the batch is known here: static reshapes (-1 for the batch) leave the exported graph without
+        # the Shape/Gather/Concat chains that computing them from x would add.
+        positions, tiles = self.tile_index.shape
+        channels = self.taps.shape[0]
+        flat = F.pad(x, (0, 0, 1, 1, 1, 1)).reshape(-1, (self.height + 2) * (self.width + 2), channels)
+        picked = flat[:, self.tile_index]  # [N, positions, tiles, C]
+        transformed = self.input_transform(picked.reshape(-1, positions, tiles * channels))
+        transformed = transformed.reshape(-1, positions, tiles, channels)
         weights = self.transformed_weights()
         if self.per_position:
             products = torch.stack([transformed[:, k] @ weights[k] for k in range(positions)], 1)
         else:
             products = transformed @ weights  # [N, positions, tiles, O]
-        out = self.output_transform(products.reshape(batch, positions, -1))  # [N, tile^2, tiles * O]
-        out = out.reshape(batch, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
+        out = self.output_transform(products.reshape(-1, positions, tiles * self.out_channels))  # [N, tile^2, .]
+        out = out.reshape(-1, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
                           self.out_channels)
-        return out.permute(0, 3, 1, 4, 2, 5).reshape(batch, self.height, self.width, self.out_channels) + self.bias
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(-1, self.height, self.width, self.out_channels) + self.bias
