@@ -18,7 +18,7 @@ which is (m + 2)^2 / 9 its size.
 
 It pays where the MatMuls dominate the memory-bound transforms. On a 2-core CPU in ONNX Runtime (channels-last input
 and output, against the direct conv with its layout reorders): F(2x2) 1.5x at 16x16 with 1024 channels; F(4x4)
-1.4-2.3x from 32x32 (1024 channels) to 128x128 (128-256 channels), F(2x2) only 1.0-1.6x there; at 256x256 with 64-128
+1.4-2.3x from 32x32 (1024 channels) to 128x128 (128-256 channels), F(2x2) only 0.9-1.6x there; at 256x256 with 64-128
 channels both are slower than the direct conv. `spade_deploy.export.sparse.winograd_tile` is where the generator's
 sparse graph uses which.
 """
