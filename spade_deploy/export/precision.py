@@ -5,8 +5,9 @@ needs bf16 hardware (AMX, or AVX512-BF16) and runs in OpenVINO with its precisio
 sparse graph, the fastest of ours there as measured (ADE20K 256x256, batch 1, OpenVINO at bf16): on a Xeon with AMX
 sparse 298 ms, the dense folded graph 558 ms (its label look-ups gain nothing from AMX), the plain model 230 ms (no
 look-ups at all: a gather-free folded graph is the candidate to beat it, not built yet); on AMD Zen 5 with
-AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there no faster than the exact fp32 export in ONNX
-Runtime (about 280 ms), and the choice says so. A CPU without bf16 hardware gets fp32, and the choice says why.
+AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there slower than the exact fp32 export in ONNX
+Runtime (about 280 ms then; 246-251 ms after the F(4x4) Winograd convs, when bf16 took 322-344 ms), and the choice
+says so. A CPU without bf16 hardware gets fp32, and the choice says why.
 `fp16` is for GPUs: TensorRT engines (`export trt`).
 
 The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.
@@ -78,7 +79,7 @@ def choose(precision: str, flags: set[str] | None = None) -> Choice:
         return Choice("sparse", FP32, ONNXRUNTIME, "(this CPU has no bf16 hardware: neither amx_bf16 nor avx512_bf16)")
     if "amx_bf16" in flags:
         return Choice("sparse", BF16, OPENVINO, "on AMX")
-    return Choice("sparse", BF16, OPENVINO, "on AVX512-BF16 (no AMX; measured on AMD Zen 5: no faster than the exact "
+    return Choice("sparse", BF16, OPENVINO, "on AVX512-BF16 (no AMX; measured on AMD Zen 5: slower than the exact "
                                             "fp32 export)")
 
 
