@@ -41,6 +41,7 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # Triton's usual 
 _PR_SET_PDEATHSIG = 1
 STUB_NAME = "triton_python_backend_stub"  # the python backend runs each model instance in a child process of this name
 SHM_DIR = Path("/dev/shm")
+ORPHAN_WAIT = 5.0  # seconds `stop` waits for the stubs a killed server left behind to die once killed
 SHM_PREFIX = "triton_python_backend_shm_region_"  # the python backend's shared-memory regions, one per stub
 ADMIN_HEADER = "spade-admin-key"  # the request header that carries the admin key (gRPC metadata or HTTP header)
 # Triton's names of the APIs an admin key guards: what changes the server (models, shared memory, logging, tracing).
@@ -355,11 +356,16 @@ class TritonServer:
                 process.kill()
                 code = process.wait()
             # A server killed outright (SIGKILL, the OOM killer) can leave a stub running on, orphaned, with a copy
-            # of its model in memory.
-            for stub in python_stubs(process.pid, left_behind=True):
-                self._shm_regions.add(stub.shm_region)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(stub.pid, signal.SIGKILL)
+            # of its model in memory. A killed process dies when the kernel next runs it: wait for that (briefly),
+            # so that stop returns with none left running.
+            deadline = time.monotonic() + ORPHAN_WAIT
+            while (orphans := [stub for stub in python_stubs(process.pid, left_behind=True) if stub.alive]) \
+                    and time.monotonic() < deadline:
+                for stub in orphans:
+                    self._shm_regions.add(stub.shm_region)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(stub.pid, signal.SIGKILL)
+                time.sleep(0.05)
         _remove_shm_regions(self._shm_regions)
         self._shm_regions.clear()
         if self._work_dir is not None:
