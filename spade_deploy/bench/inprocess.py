@@ -1,12 +1,12 @@
 """In-process benchmark: every runtime of `runtimes.RUNTIMES` on the same synthetic label maps, in one run.
 
-All runtimes are built first; then, per batch, they take turns call by call (a warm-up round, then `repeats` timed
-rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared) hits all of them
-alike. Each call starts after a pause of SETTLE_S: a runtime's worker threads keep spinning for a while after its
-call returns (ONNX Runtime's by default), and would otherwise take the cores from the next runtime's call (two
-sessions of the sparse ADE20K export taking turns back to back ran 1.09x slower than with 0.1 s between calls, 1.02x
-with 0.03 s). Where the runtimes do not fit in memory together (full-size models at batch 4: each holds its weights and its
-own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
+All runtimes are built first; then, per batch, they take turns call by call (`warmup` untimed rounds, then
+`repeats` timed rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared)
+hits all of them alike. Each call starts after a pause of SETTLE_S: a runtime's worker threads keep spinning for a
+while after its call returns (ONNX Runtime's by default), and would otherwise take the cores from the next runtime's
+call (two sessions of the sparse ADE20K export taking turns back to back ran 1.09x slower than with 0.1 s between
+calls, 1.02x with 0.03 s). Where the runtimes do not fit in memory together (full-size models at batch 4: each holds
+its weights and its own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
 against drift. Reported per row: the precision the runtime computes in, median / p95 / p99 latency of a call,
 images/s (batch / median latency), peak memory, its quality (below) and speed-ups against eager, each plain runtime
 and the best of those *of the same run* (noise between runs here is ±10–15 %, so only same-run ratios mean

@@ -41,8 +41,8 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # Triton's usual 
 _PR_SET_PDEATHSIG = 1
 STUB_NAME = "triton_python_backend_stub"  # the python backend runs each model instance in a child process of this name
 SHM_DIR = Path("/dev/shm")
-ORPHAN_WAIT = 5.0  # seconds `stop` waits for the stubs a killed server left behind to die once killed
 SHM_PREFIX = "triton_python_backend_shm_region_"  # the python backend's shared-memory regions, one per stub
+ORPHAN_WAIT = 5.0  # seconds `stop` waits for the stubs a killed server left behind to die once killed
 ADMIN_HEADER = "spade-admin-key"  # the request header that carries the admin key (gRPC metadata or HTTP header)
 # Triton's names of the APIs an admin key guards: what changes the server (models, shared memory, logging, tracing).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
