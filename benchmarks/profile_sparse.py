@@ -8,7 +8,8 @@ Kinds, by the node names the exporter gives (`/core/blocks.<i>/<module>/<op>`): 
 the tile gather, the input and output transforms' MatMuls, padding, transpose, bias), `boundary
 table` (the MatMul `actv @ W_t` of a modulation), `modulation gathers` (its look-ups: the boundary rows, then A and B
 per pixel), `modulation sums` (ReduceSum of the 9 taps), `modulation x*A+B` (Mul, Add), `layout` (the NCHWc reorders
-ONNX Runtime adds around convs), `label bookkeeping` (the per-resolution index work outside the blocks: Unique,
+ONNX Runtime adds around convs), `output conv` (the generator's last conv, `TapSumConv` after a sparse last
+block), `label bookkeeping` (the per-resolution index work outside the blocks: Unique,
 NonZero, MaxPool, …) and `other`. Writes `profile.json` (every node's mean kernel time) and `README.md` (the tables).
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ def kind(node: str, op: str) -> str:
     """The kind of work of a node, from its name and op type (see the module docstring)."""
     if op.startswith("Reorder"):
         return "layout"
+    if "/conv_img/" in node or node == f"{io_spec.IMAGE_FLOAT}_nchwc":
+        return "output conv"
     if "/conv_" in node:
         transform = "_transform/" in node
         return "main conv" if op in ("Conv", "MatMul") and not transform else "winograd transforms"

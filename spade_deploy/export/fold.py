@@ -207,8 +207,11 @@ class FoldedGenerator(nn.Module):
             if key not in levels:
                 levels[key] = block.prepare(*subsample(factor))
             x = block(x, levels[key])
-        if channels_last:
-            x = to_channels_first(x)
+        # conv_img may take channels-last activations too (the sparse graph's `sparse.TapSumConv`); it returns the
+        # image channels first
+        takes_last = getattr(self.conv_img, "channels_last", False)
+        if channels_last != takes_last:
+            x = to_channels_last(x) if takes_last else to_channels_first(x)
         return torch.tanh(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE)))
 
 

@@ -31,7 +31,9 @@ def test_kinds_follow_the_exporters_node_names(profile_sparse) -> None:
     assert kind("/core/blocks.4/mod_0/Add_1", "Add") == "modulation x*A+B"
     assert kind("/core/Unique_3", "Unique") == "label bookkeeping"
     assert kind("ReorderInput_token_12", "ReorderInput") == "layout"
-    assert kind("image_float_nchwc", "Conv") == "main conv"
+    assert kind("image_float_nchwc", "Conv") == "output conv"  # after a dense last block
+    assert kind("/core/conv_img/MatMul", "MatMul") == "output conv"  # TapSumConv after a sparse one
+    assert kind("/core/conv_img/Slice_3", "Slice") == "output conv"
 
 
 def test_a_tiny_run_writes_tables_that_add_up(profile_sparse, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from spade_deploy.export.fold import FoldedGenerator
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.runtime import OnnxGenerator
-from spade_deploy.export.sparse import Level, PointwiseConv, SparseResBlock, sparse_generator, winograd_tile
+from spade_deploy.export.sparse import (Level, PointwiseConv, SparseResBlock, TapSumConv, sparse_generator,
+                                       winograd_tile)
 from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from spade_deploy.export.winograd import WinogradConv3x3
 from tests.export.test_fold import VARIANTS
@@ -49,6 +50,7 @@ def models(request):
     sparse = [sparse_generator(generator, dense_below=1),
               sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
+    assert all(isinstance(graph.conv_img, TapSumConv) for graph in sparse)
     winograd = [[isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks] for graph in sparse]
     assert any(winograd[0]) and not any(winograd[1])
     # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
@@ -142,3 +144,23 @@ def test_pointwise_conv_is_the_1x1_conv_channels_last():
             assert (got - conv(x)).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="needs a 1x1 conv with stride 1, no padding or groups"):
         PointwiseConv(torch.nn.Conv2d(6, 5, 3, padding=1))
+
+
+def test_tap_sum_conv_is_the_output_conv_from_channels_last():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = torch.nn.Conv2d(6, 3, 3, padding=1, bias=bias)
+        x = torch.randn(2, 6, 5, 7)
+        with torch.no_grad():
+            got = TapSumConv(conv)(x.permute(0, 2, 3, 1))  # channels last in, channels first out
+            assert got.shape == (2, 3, 5, 7)
+            assert (got - conv(x)).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="needs a 3x3 conv with stride 1, zero padding 1"):
+        TapSumConv(torch.nn.Conv2d(6, 3, 3, padding=0))
+
+
+def test_output_conv_follows_the_last_block_layout():
+    """The output conv takes channels-last activations only after a sparse last block; a dense one keeps the Conv."""
+    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=64), seed=1)
+    assert isinstance(sparse_generator(generator, dense_below=1).conv_img, TapSumConv)
+    assert isinstance(sparse_generator(generator, dense_below=128).conv_img, torch.nn.Conv2d)
