@@ -4,13 +4,13 @@ work, on a random-weight generator with calibrated batch-norm statistics and syn
     nice -n 10 .venv/bin/python benchmarks/profile_sparse.py --out benchmarks/results/<date>-<machine>-sparse-profile
 
 Kinds, by the node names the exporter gives (`/core/blocks.<i>/<module>/<op>`): `main conv` (a block's Conv, its
-1x1 shortcut's MatMul, or the MatMuls by U of its Winograd convs), `winograd transforms` (the rest of those convs:
-the tile gather, the input and output transforms' MatMuls, padding, transpose, bias), `boundary
-table` (the MatMul `actv @ W_t` of a modulation), `modulation gathers` (its look-ups: the boundary rows, then A and B
-per pixel), `modulation sums` (ReduceSum of the 9 taps), `modulation x*A+B` (Mul, Add), `layout` (the NCHWc reorders
-ONNX Runtime adds around convs), `output conv` (the generator's last conv, `TapSumConv` after a sparse last
-block), `label bookkeeping` (the per-resolution index work outside the blocks: Unique,
-NonZero, MaxPool, …) and `other`. Writes `profile.json` (every node's mean kernel time) and `README.md` (the tables).
+1x1 shortcut's MatMul `mod_s/conv`, or the MatMuls by U of its Winograd convs), `winograd transforms` (the rest of
+those convs: the tile gather, the input and output transforms' MatMuls, padding, transpose, bias), `boundary table`
+(the MatMul `actv @ W_t` of a modulation), `modulation gathers` (its look-ups: the boundary rows, then A and B per
+pixel), `modulation sums` (ReduceSum of the 9 taps, + bias), `modulation x*A+B` (Mul, Add), `layout` (the NCHWc
+reorders ONNX Runtime adds around convs), `output conv` (the generator's last conv, `TapSumConv` after a sparse
+last block), `label bookkeeping` (the per-resolution index work outside the blocks: Unique, NonZero, MaxPool, …)
+and `other`. Writes `profile.json` (every node's mean kernel time) and `README.md` (the tables).
 """
 from __future__ import annotations
 
@@ -44,10 +44,12 @@ def kind(node: str, op: str) -> str:
         return "layout"
     if "/conv_img/" in node or node == f"{io_spec.IMAGE_FLOAT}_nchwc":
         return "output conv"
-    if "/conv_" in node:
+    if "/conv_" in node or "/mod_s/conv/" in node:
         transform = "_transform/" in node
         return "main conv" if op in ("Conv", "MatMul") and not transform else "winograd transforms"
     if "/mod_" in node:
+        if op == "Add" and ("/scale/" in node or "/shift/" in node):
+            return "modulation sums"  # the conv's bias, added to the boundary rows' sums
         return {"MatMul": "boundary table", "Gather": "modulation gathers", "ReduceSum": "modulation sums",
                 "Mul": "modulation x*A+B", "Add": "modulation x*A+B"}.get(op, "other")
     if node.startswith("/core/") and not _BLOCK.match(node) and op != "Conv":

@@ -104,44 +104,80 @@ def _unique_rows(rows: torch.Tensor, unique: bool) -> tuple[torch.Tensor, torch.
     return rows, torch.arange(rows.shape[0])
 
 
-class SparseModulation(nn.Module):
-    """One SPADE as `norm(x) * A + B`, with `[A, B]` a per-class constant off B5 and, on B5,
-    `b + sum_t T[code(p + d_t), t]`: T holds `W_t @ actv(q)` for the windows near B5 and a zero row for the
-    conv's padding."""
+class PixelTable(nn.Module):
+    """One output of a SPADE's 3x3 conv of its hidden activations (A, B, or B through the shortcut conv) at every
+    pixel: a per-class constant off B5 and, on B5, `b + sum_t T[code(p + d_t), t]`, where T holds `W_t @ actv(q)`
+    for the windows near B5 and a zero row for the conv's padding."""
 
-    def __init__(self, spade: SPADE, class_actv: torch.Tensor) -> None:
+    def __init__(self, taps: torch.Tensor, bias: torch.Tensor, class_actv: torch.Tensor) -> None:
+        # taps: [hidden, 9, K] (W_t, float64); bias: [K]; class_actv: [labels, hidden], the actv amid each class
         super().__init__()
-        dense = Modulation(spade)  # batch-norm folding and gamma/beta merging, as in the dense graph
-        weight = dense.affine.weight.detach().double()  # [2C, hidden, k, k]
-        bias = dense.affine.bias.detach().double()
-        out_channels, hidden = weight.shape[:2]  # 3x3 kernels: sparse_generator keeps other sizes dense
-        self.channels = out_channels // 2
-        taps = weight.permute(1, 2, 3, 0).reshape(hidden, 9, out_channels)  # [hidden, t, 2C]: W_t
-        class_taps = torch.einsum("kh,htc->ktc", class_actv, taps)  # [labels, 9, 2C]
-        class_ab = (class_taps.sum(1) + bias).float()  # [labels, 2C]
-        # A (the scale) and B (the shift) apart from the start: the look-ups need each as its own table, which
-        # slicing one [2C] table would copy.
-        c = self.channels
-        self.register_buffer("class_scale", class_ab[:, :c].contiguous())
-        self.register_buffer("class_shift", class_ab[:, c:].contiguous())
-        self.register_buffer("scale_taps", taps[:, :, :c].reshape(hidden, 9 * c).float())
-        self.register_buffer("shift_taps", taps[:, :, c:].reshape(hidden, 9 * c).float())
-        self.register_buffer("scale_bias", bias[:c].float())
-        self.register_buffer("shift_bias", bias[c:].float())
+        hidden, _, self.channels = taps.shape
+        per_class = torch.einsum("kh,htc->kc", class_actv, taps) + bias  # [labels, K]
+        self.register_buffer("taps", taps.reshape(hidden, 9 * self.channels).float())
+        self.register_buffer("bias", bias.float())
+        self.register_buffer("per_class", per_class.float())
+
+    def forward(self, actv: torch.Tensor, level: Level) -> torch.Tensor:
+        # actv: [1 + U, hidden]: a zero row (the padding), then the actv of each window -> [N, h, w, K]
+        table = (actv @ self.taps).view(-1, self.channels)  # [(1 + U) * 9, K]: row `code * 9 + t`
+        boundary = F.embedding(level.b5_rows, table).sum(1) + self.bias  # [U5, K]
+        return F.embedding(level.assembly, torch.cat([self.per_class, boundary]))
+
+
+def _spade_taps(spade: SPADE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A's taps, A's bias, B's taps, B's bias) of a SPADE, float64, taps `[hidden, 9, C]`, after the batch-norm
+    folding and gamma/beta merging of the dense graph (`fold.Modulation`)."""
+    dense = Modulation(spade)
+    weight = dense.affine.weight.detach().double()  # [2C, hidden, 3, 3]: sparse_generator keeps other sizes dense
+    bias = dense.affine.bias.detach().double()
+    out_channels, hidden = weight.shape[:2]
+    taps = weight.permute(1, 2, 3, 0).reshape(hidden, 9, out_channels)  # [hidden, t, 2C]: W_t
+    c = out_channels // 2
+    return taps[:, :, :c], bias[:c], taps[:, :, c:], bias[c:]
+
+
+class SparseModulation(nn.Module):
+    """One SPADE as `norm(x) * A + B`, A and B `PixelTable`s (each its own table: the look-ups need them apart,
+    and slicing one [2C] table would copy it). `input_bias` b is a per-channel bias the SPADE's input still lacks
+    (the conv before it leaves it out), taken in here: `(x + b) A + B = x A + (B + b A)`."""
+
+    def __init__(self, spade: SPADE, class_actv: torch.Tensor, input_bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(spade)
+        if input_bias is not None:
+            input_bias = input_bias.double()
+            shift_taps, shift_bias = shift_taps + input_bias * scale_taps, shift_bias + input_bias * scale_bias
+        self.scale = PixelTable(scale_taps, scale_bias, class_actv)
+        self.shift = PixelTable(shift_taps, shift_bias, class_actv)
 
     def forward(self, x: torch.Tensor, actv: torch.Tensor, level: Level) -> torch.Tensor:
         # x: [N, h, w, C], channels last like the table look-ups (and instance-normalised by the block where the
-        # SPADE uses instance norm); actv: [1 + U, hidden]: a zero row (the padding), then the actv of each window.
-        scale = self.look_up(actv, level, self.scale_taps, self.scale_bias, self.class_scale)  # [N, h, w, C]
-        shift = self.look_up(actv, level, self.shift_taps, self.shift_bias, self.class_shift)
-        return x * scale + shift
+        # SPADE uses instance norm)
+        return x * self.scale(actv, level) + self.shift(actv, level)
 
-    def look_up(self, actv: torch.Tensor, level: Level, taps: torch.Tensor, bias: torch.Tensor,
-                per_class: torch.Tensor) -> torch.Tensor:
-        """A or B at every pixel, from the per-class table and, on B5, the sums of the 9 taps' rows."""
-        table = (actv @ taps).view(-1, self.channels)  # [(1 + U) * 9, C]: row `code * 9 + t`
-        boundary = F.embedding(level.b5_rows, table).sum(1) + bias  # [U5, C]
-        return F.embedding(level.assembly, torch.cat([per_class, boundary]))
+
+class SparseShortcut(nn.Module):
+    """The learned shortcut `conv_s(SPADE(x))`, its 1x1 conv W (+ c) applied to the shift at export:
+    `(x A + B) W + c = (x A) W + (B W + c)`. The per-pixel shift then has the conv's O output channels, not its C
+    inputs (half as many in the generator's up blocks), and no `+ B` pass runs on the C channels. `output_bias` is a
+    bias of the block's other branch added here too (the Winograd conv_1 leaves it out)."""
+
+    def __init__(self, spade: SPADE, conv: nn.Conv2d, class_actv: torch.Tensor,
+                 output_bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(spade)
+        self.conv = PointwiseConv(conv, bias=False)
+        weight = self.conv.weight.double()  # [C, O]
+        bias = torch.zeros(weight.shape[1], dtype=torch.float64)
+        for extra in (conv.bias, output_bias):
+            if extra is not None:
+                bias = bias + extra.detach().double()
+        self.scale = PixelTable(scale_taps, scale_bias, class_actv)
+        self.shift = PixelTable(shift_taps @ weight, shift_bias @ weight + bias, class_actv)
+
+    def forward(self, x: torch.Tensor, actv: torch.Tensor, level: Level) -> torch.Tensor:
+        return self.conv(x * self.scale(actv, level)) + self.shift(actv, level)
 
 
 class SparseResBlock(nn.Module):
@@ -166,20 +202,26 @@ class SparseResBlock(nn.Module):
         self.num_labels = num_labels
         # The actv of a pixel amid its class: what makes AB a per-class constant off B5.
         class_actv = F.relu(shared.tables[:, :num_labels].double().sum(0) + shared.bias.flatten().double())
-        spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
-        mods = [SparseModulation(spade, class_actv[:, i * self.hidden:(i + 1) * self.hidden])
-                for i, spade in enumerate(spades)]
-        self.mod_0, self.mod_1 = mods[0], mods[1]
+        actvs = class_actv.split(self.hidden, dim=1)  # norm_0, norm_1, norm_s
+        norm = block.norm_0.param_free_norm  # the same kind and eps in every SPADE of a block
+        self.instance_norm_eps = norm.eps if isinstance(norm, nn.InstanceNorm2d) else None
+        self.learned_shortcut = block.learned_shortcut
+        # A Winograd conv adds its bias in a pass of its own; the biases go where they cost none: conv_0's into
+        # mod_1's shift (instance norm would remove it: there it is left out), conv_1's into the learned shortcut's.
+        # A direct Conv adds its bias in the same pass.
+        bias_0 = bias_1 = None
         if winograd is None:
             self.conv_0, self.conv_1 = ChannelsLastConv(dense.conv_0), ChannelsLastConv(dense.conv_1)
         else:
-            self.conv_0, self.conv_1 = (WinogradConv3x3(dense.conv_0, *winograd),
-                                        WinogradConv3x3(dense.conv_1, *winograd))
-        self.learned_shortcut = block.learned_shortcut
+            bias_0 = dense.conv_0.bias
+            self.conv_0 = WinogradConv3x3(dense.conv_0, *winograd, bias=False)
+            bias_1 = dense.conv_1.bias if self.learned_shortcut else None
+            self.conv_1 = WinogradConv3x3(dense.conv_1, *winograd, bias=not self.learned_shortcut)
+        self.mod_0 = SparseModulation(block.norm_0, actvs[0])
+        self.mod_1 = SparseModulation(block.norm_1, actvs[1],
+                                      input_bias=None if self.instance_norm_eps is not None else bias_0)
         if self.learned_shortcut:
-            self.mod_s, self.conv_s = mods[2], PointwiseConv(dense.conv_s)
-        norm = block.norm_0.param_free_norm  # the same kind and eps in every SPADE of a block
-        self.instance_norm_eps = norm.eps if isinstance(norm, nn.InstanceNorm2d) else None
+            self.mod_s = SparseShortcut(block.norm_s, dense.conv_s, actvs[2], output_bias=bias_1)
 
     def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> Level:
         return Level(labels, edge, self.num_labels, self.unique_windows)
@@ -192,7 +234,7 @@ class SparseResBlock(nn.Module):
             actv = actv + level.window_edges @ self.edge_weight
         actv = torch.cat([actv.new_zeros(1, actv.shape[1]), F.relu(actv)]).split(self.hidden, dim=1)
         normalized = self.normalize(x)
-        x_s = self.conv_s(self.mod_s(normalized, actv[2], level)) if self.learned_shortcut else x
+        x_s = self.mod_s(normalized, actv[2], level) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.mod_0(normalized, actv[0], level), LEAKY_SLOPE))
         dx = self.conv_1(F.leaky_relu(self.mod_1(self.normalize(dx), actv[1], level), LEAKY_SLOPE))
         return x_s + dx
@@ -211,15 +253,16 @@ class SparseResBlock(nn.Module):
 
 
 class PointwiseConv(nn.Module):
-    """A 1x1 conv (the learned shortcut) on channels-last tensors as one MatMul, `[N, h, w, C]` -> `[N, h, w, O]`:
-    no layout reorders around it, as a Conv would need (1.1-1.5x faster in ONNX Runtime from 32x32 to 256x256)."""
+    """A 1x1 conv (the learned shortcut's) on channels-last tensors as one MatMul, `[N, h, w, C]` -> `[N, h, w, O]`:
+    no layout reorders around it, as a Conv would need (1.1-1.5x faster in ONNX Runtime from 32x32 to 256x256).
+    `bias=False` leaves the conv's bias out (for the caller to add)."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, bias: bool = True) -> None:
         super().__init__()
         if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
             raise ValueError(f"PointwiseConv needs a 1x1 conv with stride 1, no padding or groups; got {conv}")
         self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].t().contiguous())  # [C, O]
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.register_buffer("bias", conv.bias.detach().clone() if bias and conv.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x @ self.weight

@@ -70,7 +70,7 @@ class WinogradConv3x3(nn.Module):
     it is built for: `[N, height, width, C]` -> `[N, height, width, O]`, in output tiles of `tile` x `tile` (2 or 4;
     height and width multiples of it)."""
 
-    def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2) -> None:
+    def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2, bias: bool = True) -> None:
         super().__init__()
         shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
         if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
@@ -97,8 +97,8 @@ class WinogradConv3x3(nn.Module):
         columns = torch.arange(span).view(-1, 1) + torch.arange(0, width, tile)  # [b, tx]
         index = rows.view(span, 1, -1, 1) * (width + 2) + columns.view(1, span, 1, -1)  # [a, b, ty, tx]
         self.register_buffer("tile_index", index.reshape(span ** 2, -1), persistent=False)
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_channels)
-        self.register_buffer("bias", bias.clone())
+        # bias=False leaves the conv's bias out, for the caller to add where it costs no pass of its own
+        self.register_buffer("bias", conv.bias.detach().clone() if bias and conv.bias is not None else None)
         tiles = (height // tile) * (width // tile)
         self.per_position = in_channels * out_channels > tiles * (in_channels + out_channels)
 
@@ -124,4 +124,5 @@ class WinogradConv3x3(nn.Module):
         out = self.output_transform(products.reshape(-1, positions, tiles * self.out_channels))  # [N, tile^2, .]
         out = out.reshape(-1, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
                           self.out_channels)
-        return out.permute(0, 3, 1, 4, 2, 5).reshape(-1, self.height, self.width, self.out_channels) + self.bias
+        out = out.permute(0, 3, 1, 4, 2, 5).reshape(-1, self.height, self.width, self.out_channels)
+        return out if self.bias is None else out + self.bias

@@ -22,13 +22,15 @@ def test_kinds_follow_the_exporters_node_names(profile_sparse) -> None:
     kind = profile_sparse.kind
     assert kind("/core/blocks.6/conv_0/conv/Conv_output_0_nchwc", "Conv") == "main conv"
     assert kind("/core/blocks.3/conv_0/MatMul_4", "MatMul") == "main conv"  # a Winograd tile position
-    assert kind("/core/blocks.3/conv_s/MatMul", "MatMul") == "main conv"  # the 1x1 shortcut
+    assert kind("/core/blocks.3/mod_s/conv/MatMul", "MatMul") == "main conv"  # the 1x1 shortcut
+    assert kind("/core/blocks.3/mod_s/shift/MatMul", "MatMul") == "boundary table"
     assert kind("/core/blocks.3/conv_0/input_transform/MatMul", "MatMul") == "winograd transforms"
     assert kind("/core/blocks.3/conv_0/Gather_2", "Gather") == "winograd transforms"
-    assert kind("/core/blocks.4/mod_s/MatMul", "MatMul") == "boundary table"
-    assert kind("/core/blocks.4/mod_s/Gather_1", "Gather") == "modulation gathers"
-    assert kind("/core/blocks.4/mod_0/ReduceSum", "ReduceSum") == "modulation sums"
-    assert kind("/core/blocks.4/mod_0/Add_1", "Add") == "modulation x*A+B"
+    assert kind("/core/blocks.4/mod_0/scale/MatMul", "MatMul") == "boundary table"
+    assert kind("/core/blocks.4/mod_s/shift/Gather_1", "Gather") == "modulation gathers"
+    assert kind("/core/blocks.4/mod_0/scale/ReduceSum", "ReduceSum") == "modulation sums"
+    assert kind("/core/blocks.4/mod_0/scale/Add", "Add") == "modulation sums"
+    assert kind("/core/blocks.4/mod_0/Add", "Add") == "modulation x*A+B"
     assert kind("/core/Unique_3", "Unique") == "label bookkeeping"
     assert kind("ReorderInput_token_12", "ReorderInput") == "layout"
     assert kind("image_float_nchwc", "Conv") == "output conv"  # after a dense last block

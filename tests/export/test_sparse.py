@@ -51,6 +51,11 @@ def models(request):
               sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
     assert all(isinstance(graph.conv_img, TapSumConv) for graph in sparse)
+    # Winograd convs leave their biases to the next op that takes them in for free: conv_0's to mod_1, conv_1's to
+    # a learned shortcut
+    for block in sparse[0].blocks:
+        if isinstance(block.conv_0, WinogradConv3x3):
+            assert block.conv_0.bias is None and (block.conv_1.bias is None) == block.learned_shortcut
     winograd = [[isinstance(block.conv_0, WinogradConv3x3) for block in graph.blocks] for graph in sparse]
     assert any(winograd[0]) and not any(winograd[1])
     # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
@@ -142,6 +147,8 @@ def test_pointwise_conv_is_the_1x1_conv_channels_last():
         with torch.no_grad():
             got = PointwiseConv(conv)(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             assert (got - conv(x)).abs().max() <= 1e-6
+            unbiased = PointwiseConv(conv, bias=False)(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            assert (unbiased - torch.nn.functional.conv2d(x, conv.weight)).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="needs a 1x1 conv with stride 1, no padding or groups"):
         PointwiseConv(torch.nn.Conv2d(6, 5, 3, padding=1))
 

@@ -34,6 +34,16 @@ def winograd(conv: nn.Conv2d, x: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("tile", [2, 4])
+def test_without_its_bias_it_leaves_the_bias_to_the_caller(tile):
+    conv, x = conv_and_input(8, 5, 12, 8, 2)
+    module = WinogradConv3x3(conv, 12, 8, tile, bias=False)
+    assert module.bias is None
+    with torch.no_grad():
+        got = module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        assert (got + conv.bias.view(-1, 1, 1) - conv(x)).abs().max() <= TOLERANCE[tile]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("shape", [(8, 5, 12, 8, 2), (64, 32, 16, 8, 1), (3, 4, 4, 4, 3), (32, 48, 32, 32, 1)])
 def test_matches_direct_conv(shape, tile):
     conv, x = conv_and_input(*shape)
