@@ -154,8 +154,9 @@ class FoldedGenerator(nn.Module):
 
     `blocks[i]` runs on the label map subsampled by `factors[i]`; a block may be swapped for another type with the
     same `prepare` / `forward` interface (the boundary-sparse block of `spade_deploy.export.sparse`), whose
-    `channels_last` says the layout of the activations it takes and returns; the activations change layout only
-    between blocks that differ, before upsampling (where they are smallest).
+    `channels_last` says the layout of the activations it takes and returns, and `upsamples` whether it takes them
+    before the upsampling that precedes it (and upsamples them itself); the activations change layout only between
+    blocks that differ, before upsampling (where they are smallest).
     """
 
     def __init__(self, generator: SPADEGenerator) -> None:
@@ -201,7 +202,7 @@ class FoldedGenerator(nn.Module):
             if block.channels_last != channels_last:
                 channels_last = block.channels_last
                 x = to_channels_last(x) if channels_last else to_channels_first(x)
-            if up:
+            if up and not getattr(block, "upsamples", False):  # a block may upsample its input itself
                 x = upsample_last(x) if channels_last else F.interpolate(x, scale_factor=2, mode="nearest")
             key = (type(block), factor)
             if key not in levels:

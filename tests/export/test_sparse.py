@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from spade_deploy.model.config import GeneratorConfig
-from spade_deploy.export.fold import FoldedGenerator
+from spade_deploy.export.fold import FoldedGenerator, upsample_last
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.runtime import OnnxGenerator
-from spade_deploy.export.sparse import (Level, PointwiseConv, SparseResBlock, TapSumConv, sparse_generator,
+from spade_deploy.export.sparse import (Level, PointwiseConv, SparseResBlock, TapSumConv, sparse_generator, times,
                                        winograd_tile)
 from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from spade_deploy.export.winograd import WinogradConv3x3
@@ -51,6 +51,8 @@ def models(request):
               sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
     assert all(isinstance(graph.conv_img, TapSumConv) for graph in sparse)
+    # Blocks after an upsampling take their input before it (the variants include ones without a learned shortcut)
+    assert all(block.upsamples == up for graph in sparse for block, up in zip(graph.blocks, graph.ups))
     # Winograd convs leave their biases to the next op that takes them in for free: conv_0's to mod_1, conv_1's to
     # a learned shortcut
     for block in sparse[0].blocks:
@@ -171,3 +173,10 @@ def test_output_conv_follows_the_last_block_layout():
     generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=64), seed=1)
     assert isinstance(sparse_generator(generator, dense_below=1).conv_img, TapSumConv)
     assert isinstance(sparse_generator(generator, dense_below=128).conv_img, torch.nn.Conv2d)
+
+
+def test_times_upsamples_by_broadcasting():
+    torch.manual_seed(0)
+    x, factor = torch.randn(2, 3, 5, 4), torch.randn(2, 6, 10, 4)
+    assert torch.equal(times(x, factor, upsample=True), upsample_last(x) * factor)
+    assert torch.equal(times(factor, factor), factor * factor)
