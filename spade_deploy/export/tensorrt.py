@@ -53,9 +53,12 @@ class EngineOptions:
 
 
 def fp32_node_names(onnx_path: Path) -> set[str]:
-    """ONNX nodes that must stay FP32: instance norms, and the last conv and tanh before the image output."""
+    """ONNX nodes that must stay FP32: instance norms, and the output conv and tanh before the image output. The
+    output conv is the exporter's `conv_img` module: one Conv, or in the sparse graphs the MatMul, shifts and sums of
+    `sparse.TapSumConv`; a Conv feeding the Tanh is pinned whatever its name."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    names = {node.name for node in graph.node if node.op_type == "InstanceNormalization"}
+    names = {node.name for node in graph.node
+             if node.op_type == "InstanceNormalization" or "/conv_img/" in node.name}
     producer = {output: node for node in graph.node for output in node.output}
     for node in graph.node:
         if node.op_type == "Tanh":

@@ -349,14 +349,22 @@ def test_trt_require_engine_fails_fast(own_checkpoint, tmp_path, capsys):
     assert not (tmp_path / "generator.onnx").exists()
 
 
-def test_fp32_pinned_nodes_are_the_sensitive_ones(tmp_path):
+@pytest.mark.parametrize("graph", ["dense", "sparse-tensorrt"])
+def test_fp32_pinned_nodes_are_the_sensitive_ones(tmp_path, graph):
+    """Instance norms, the tanh and the output conv: a Conv in the dense graph, the MatMul and shifted sums of
+    TapSumConv in the sparse one."""
     config = GeneratorConfig(label_nc=4, ngf=8, norm="instance", crop_size=64)
     from spade_deploy.export.onnx import export_generator_onnx
-    path = export_generator_onnx(random_generator(config), tmp_path / "g.onnx")
+    path = export_generator_onnx(random_generator(config), tmp_path / "g.onnx", graph=graph)
     nodes = {node.name: node.op_type for node in onnx.load(str(path)).graph.node}
     pinned = fp32_node_names(path)
-    assert {nodes[name] for name in pinned} == {"InstanceNormalization", "Conv", "Tanh"}
-    assert sum(nodes[name] == "Conv" for name in pinned) == 1
+    output_conv = {name for name in nodes if "/conv_img/" in name}
+    assert output_conv <= pinned
+    if graph == "dense":
+        assert {nodes[name] for name in output_conv} == {"Conv"}
+    else:
+        assert {"MatMul", "Pad", "Slice", "Add"} <= {nodes[name] for name in output_conv}
+    assert {nodes[name] for name in pinned - output_conv} == {"InstanceNormalization", "Tanh"}
     assert sum(op == "InstanceNormalization" for op in nodes.values()) == sum(nodes[n] == "InstanceNormalization"
                                                                               for n in pinned)
 
