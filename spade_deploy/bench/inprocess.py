@@ -19,9 +19,11 @@ the same inputs, and against the same model in float64 (computed once per input)
 the reference, not eager float32, whose own rounding is no truth: reduced precision (bf16, fp16) is measured against
 what the model computes, and eager float32's row shows the floor.
 
-Peak memory: what building the runtime added to the resident set (weights, graph, compiled kernels), plus the most
-one of its calls at this batch added at its peak above the resident set before the call (activations, arena growth);
-i.e. what the runtime holds at its peak. Exporting ONNX files happens before, outside every measurement.
+Peak memory, measured after the timing with each runtime in a process of its own (`memory_probe`: in this process a
+runtime can reuse heap that earlier work freed, which hides part of its footprint): what building the runtime added
+to the resident set (weights, graph, compiled kernels), plus the most one call at this batch added at its peak above
+the resident set before it (activations, arena growth); i.e. what the runtime holds at its peak. Exporting ONNX
+files happens before, outside every measurement.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spade_deploy.bench.machine import (cpu_competition, cpu_times, describe_machine, load_average, peak_resident_mb,
-                                        reset_peak_resident, resident_mb)
+from spade_deploy.bench.machine import cpu_competition, cpu_times, describe_machine, load_average
+from spade_deploy.bench.memory_probe import isolated_peaks, save_feeds, save_subject
 from spade_deploy.bench.runtimes import RUNTIMES, Feeds, Runner, Runtime, Subject, eager_runner, select
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.parity import Quality, float64_copy, quality
@@ -101,7 +103,7 @@ class Row:
     psnr_db: float | None
     within_1_level: float
     within_2_levels: float
-    peak_mem_mb: float | None
+    peak_mem_mb: float | None  # measured in a process of its own (`memory_probe`); None where not measurable
     boundary_share: float  # of the batch's label maps (see `boundary_share`)
     preset: str
     ngf: int
@@ -122,7 +124,6 @@ class _Built:
     runtime: Runtime
     run: Runner
     build_s: float
-    resident_mb: float | None  # what building it added to the resident set
 
 
 @dataclass
@@ -131,18 +132,13 @@ class _Calls:
     latencies_ms: list[float] = field(default_factory=list)  # timed calls only
     max_abs_diff: float = 0.0
     quality: Quality | None = None  # the worst against float64
-    added_mb: float | None = 0.0  # the most any call added to the resident set at its peak
 
 
-def timed_call(call: Callable[[], Any]) -> tuple[Any, float, float | None]:
-    """(result, latency in ms, MiB the call added to the resident set at its peak; None where not measurable)."""
-    tracked = reset_peak_resident()
-    before = resident_mb()
+def timed_call(call: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, latency in ms)."""
     start = time.perf_counter()
     result = call()
-    latency_ms = (time.perf_counter() - start) * 1e3
-    peak = peak_resident_mb() if tracked else None
-    return result, latency_ms, None if peak is None or before is None else max(peak - before, 0.0)
+    return result, (time.perf_counter() - start) * 1e3
 
 
 def measure(call: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
@@ -229,6 +225,14 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
                      for row in _bench_batch(built, batch, batch_feeds, (reference[batch], reference_f64[batch]),
                                              subject, options)]
             del built
+        subject_file = save_subject(subject, workdir / "subject.pt")
+        feeds_files = {batch: save_feeds(batch_feeds, workdir / f"feeds-{batch}.npz")
+                       for batch, batch_feeds in feeds.items()}
+        for runtime in tqdm(available, desc="peak memory, a process per runtime", unit="runtime", file=sys.stderr):
+            peaks = isolated_peaks(runtime.name, subject_file, feeds_files)
+            for row in rows:
+                if row.runtime == runtime.name and peaks is not None:
+                    row.peak_mem_mb = peaks.get(row.batch)
         rows.sort(key=lambda row: row.batch)  # stable: runtimes stay in registry order within a batch
     _add_ratios(rows)
     setup = {"preset": config.preset, "ngf": config.ngf, "size": f"{height}x{width}",
@@ -261,14 +265,10 @@ def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
     """Every runtime, with its build time and what it keeps resident."""
     built = []
     for runtime in tqdm(runtimes, desc="building runtimes", unit="runtime", file=sys.stderr):
-        reset_peak_resident()  # frees garbage first, so the baseline is honest
-        before, start = resident_mb(), time.perf_counter()
-        run = runtime.build(subject, subject.graphs.get(runtime.graph))
-        build_s = time.perf_counter() - start
         gc.collect()
-        after = resident_mb()
-        added_mb = None if before is None or after is None else max(after - before, 0.0)
-        built.append(_Built(runtime, run, build_s, added_mb))
+        start = time.perf_counter()
+        run = runtime.build(subject, subject.graphs.get(runtime.graph))
+        built.append(_Built(runtime, run, time.perf_counter() - start))
     return built
 
 
@@ -284,13 +284,11 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tupl
             for entry in built[index % len(built):] + built[:index % len(built)]:
                 progress.set_postfix_str(entry.runtime.name)
                 time.sleep(SETTLE_S)
-                output, latency_ms, added_mb = timed_call(lambda: entry.run(feeds))
+                output, latency_ms = timed_call(lambda: entry.run(feeds))
                 record = calls[entry.runtime.name]
                 record.max_abs_diff = max(record.max_abs_diff, float(np.abs(output - reference).max()))
                 measured = quality(output, reference_f64)
                 record.quality = measured if record.quality is None else record.quality.worse(measured)
-                record.added_mb = None if added_mb is None or record.added_mb is None else max(record.added_mb,
-                                                                                               added_mb)
                 if index >= options.warmup:
                     record.latencies_ms.append(latency_ms)
                 del output
@@ -301,12 +299,11 @@ def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tupl
         record = calls[entry.runtime.name]
         timing = Timing(tuple(record.latencies_ms))
         p50 = timing.percentile(50)
-        peak = None if entry.resident_mb is None or record.added_mb is None else entry.resident_mb + record.added_mb
         rows.append(Row(runtime=entry.runtime.name, precision=entry.run.precision, batch=batch, p50_ms=p50,
                         p95_ms=timing.percentile(95), p99_ms=timing.percentile(99), images_per_s=batch * 1e3 / p50,
                         max_abs_diff=record.max_abs_diff, max_abs_diff_f64=record.quality.max_abs_diff,
                         psnr_db=record.quality.psnr_db, within_1_level=record.quality.within_1_level,
-                        within_2_levels=record.quality.within_2_levels, peak_mem_mb=peak, boundary_share=share,
+                        within_2_levels=record.quality.within_2_levels, peak_mem_mb=None, boundary_share=share,
                         preset=config.preset, ngf=config.ngf, size=f"{subject.height}x{subject.width}",
                         repeats=options.repeats, build_s=entry.build_s, latencies_ms=list(timing.latencies_ms)))
     return rows

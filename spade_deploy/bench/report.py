@@ -170,8 +170,8 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
               "chooses (OpenVINO's compiled model); tf32: fp32 tensors, convs on TF32 tensor cores. p50/p95/p99: "
               "percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit near the "
               "slowest). images/s = batch / p50. peak MiB: what building the runtime added to the resident set plus "
-              "the most one of its calls added at its peak (weights, compiled graph, arenas, activations; host "
-              "memory only). " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
+              "the most one call added at its peak (weights, compiled graph, arenas, activations; host memory only), "
+              "each runtime measured in a process of its own. " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
     return lines
 
 
