@@ -6,12 +6,12 @@ hits all of them alike. Each call starts after a pause of SETTLE_S: a runtime's 
 while after its call returns (ONNX Runtime's by default), and would otherwise take the cores from the next runtime's
 call (two sessions of the sparse ADE20K export taking turns back to back ran 1.09x slower than with 0.1 s between
 calls, 1.02x with 0.03 s). Where the runtimes do not fit in memory together (full-size models at batch 4: each holds
-its weights and its own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price of that protection
-against drift. Reported per row: the precision the runtime computes in, median / p95 / p99 latency of a call,
-images/s (batch / median latency), peak memory, its quality (below) and speed-ups against eager, each plain runtime
-and the best of those *of the same run* (noise between runs here is ±10–15 %, so only same-run ratios mean
-anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95 and p99 sit
-close to the slowest call.
+its weights and its own activation arena), `one_at_a_time` builds, times and frees them in turn instead, at the price
+of that protection against drift. Reported per row: the precision the runtime computes in, median / p95 / p99
+latency of a call, images/s (batch / median latency), peak memory, its quality (below) and speed-ups against eager,
+each plain runtime and the best of those *of the same run* (noise between runs here is ±10–15 %, so only same-run
+ratios mean anything). Percentiles are numpy's linear interpolation over the `repeats` samples: with 5 samples p95
+and p99 sit close to the slowest call.
 
 Quality, the worst over every call (warm-up included): max |Δ| of `image_float` against eager PyTorch (float32) on
 the same inputs, and against the same model in float64 (computed once per input), max |Δ|, PSNR and the share of
@@ -262,7 +262,7 @@ def float64_outputs(generator: SPADEGenerator, feeds: dict[int, Feeds]) -> dict[
 
 
 def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
-    """Every runtime, with its build time and what it keeps resident."""
+    """Every runtime, with its build time."""
     built = []
     for runtime in tqdm(runtimes, desc="building runtimes", unit="runtime", file=sys.stderr):
         gc.collect()

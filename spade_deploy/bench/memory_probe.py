@@ -32,10 +32,10 @@ PROBE_TIMEOUT_S = 900
 def save_subject(subject: Subject, path: Path) -> Path:
     """The subject (generator weights and config, size, threads, graph files) for `load_subject` in a child."""
     with atomic_path(path) as temporary:
+        graphs = {name: str(file) for name, file in subject.graphs.items()}
         torch.save({"config": subject.generator.config.to_dict(), "state_dict": subject.generator.state_dict(),
                     "height": subject.height, "width": subject.width, "threads": subject.threads,
-                    "max_batch": subject.max_batch, "graphs": {name: str(file) for name, file in subject.graphs.items()}},
-                   temporary)
+                    "max_batch": subject.max_batch, "graphs": graphs}, temporary)
     return path
 
 

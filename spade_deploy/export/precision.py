@@ -6,8 +6,9 @@ sparse graph, the fastest of ours there as measured (ADE20K 256x256, batch 1, Op
 sparse 298 ms, the dense folded graph 558 ms (its label look-ups gain nothing from AMX), the plain model 230 ms (no
 look-ups at all: a gather-free folded graph is the candidate to beat it, not built yet); on AMD Zen 5 with
 AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there slower than the exact fp32 export in ONNX
-Runtime (about 280 ms then; 246-251 ms after the F(4x4) Winograd convs, when bf16 took 322-344 ms; 224-240 ms after
-the shortcut and upsampling folds, bf16 314-323 ms), and the choice says so. A CPU without bf16 hardware gets fp32, and the choice says why.
+Runtime (about 280 ms then; 246-251 ms after the F(4x4) Winograd convs, when bf16 took 322-344 ms; 224-253 ms after
+the shortcut and upsampling folds, bf16 314-342 ms), and the choice says so. A CPU without bf16 hardware gets fp32,
+and the choice says why.
 `fp16` is for GPUs: TensorRT engines (`export trt`).
 
 The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.

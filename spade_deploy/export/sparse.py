@@ -32,7 +32,7 @@ from torch import nn
 
 from spade_deploy.export.fold import (LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation, to_channels_first,
                                       to_channels_last, upsample_last)
-from spade_deploy.export.winograd import WinogradConv3x3
+from spade_deploy.export.winograd import WinogradConv3x3, check_same_3x3
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
 
@@ -173,7 +173,7 @@ class SparseShortcut(nn.Module):
         super().__init__()
         self.upsample = upsample
         scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(spade)
-        self.conv = PointwiseConv(conv, bias=False)
+        self.conv = PointwiseConv(conv)
         weight = self.conv.weight.double()  # [C, O]
         bias = torch.zeros(weight.shape[1], dtype=torch.float64)
         for extra in (conv.bias, output_bias):
@@ -276,20 +276,18 @@ class SparseResBlock(nn.Module):
 
 
 class PointwiseConv(nn.Module):
-    """A 1x1 conv (the learned shortcut's) on channels-last tensors as one MatMul, `[N, h, w, C]` -> `[N, h, w, O]`:
-    no layout reorders around it, as a Conv would need (1.1-1.5x faster in ONNX Runtime from 32x32 to 256x256).
-    `bias=False` leaves the conv's bias out (for the caller to add)."""
+    """A 1x1 conv's weights (the learned shortcut's) on channels-last tensors as one MatMul, `[N, h, w, C]` ->
+    `[N, h, w, O]`: no layout reorders around it, as a Conv would need (1.1-1.5x faster in ONNX Runtime from 32x32 to
+    256x256). The conv's bias is left out, for the caller to add (`SparseShortcut` adds it with its shift)."""
 
-    def __init__(self, conv: nn.Conv2d, bias: bool = True) -> None:
+    def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
             raise ValueError(f"PointwiseConv needs a 1x1 conv with stride 1, no padding or groups; got {conv}")
         self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].t().contiguous())  # [C, O]
-        self.register_buffer("bias", conv.bias.detach().clone() if bias and conv.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x @ self.weight
-        return out if self.bias is None else out + self.bias
+        return x @ self.weight
 
 
 class TapSumConv(nn.Module):
@@ -303,10 +301,7 @@ class TapSumConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
-        if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
-            raise ValueError(f"TapSumConv needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; "
-                             f"got {conv}")
+        check_same_3x3(conv, "TapSumConv")
         weight = conv.weight.detach()  # [O, C, 3, 3]
         self.out_channels = weight.shape[0]
         # Column (3 dy + dx) O + o: what a pixel adds to channel o of the output at offset (1 - dy, 1 - dx) from it.

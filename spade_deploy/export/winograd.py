@@ -53,6 +53,14 @@ TRANSFORMS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {
 }
 
 
+def check_same_3x3(conv: nn.Conv2d, user: str) -> None:
+    """Raise unless `conv` is a 3x3 conv with stride 1, zero padding 1, no dilation or groups (what `user`, a class
+    name for the message, rewrites)."""
+    shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+    if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
+        raise ValueError(f"{user} needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; got {conv}")
+
+
 class TileTransform(nn.Module):
     """A constant matrix applied to every tile at once: `[N, positions in, X]` -> `[N, positions out, X]` (its own
     module so that profiles name its MatMul apart from the products by U)."""
@@ -72,10 +80,7 @@ class WinogradConv3x3(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, height: int, width: int, tile: int = 2, bias: bool = True) -> None:
         super().__init__()
-        shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
-        if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
-            raise ValueError(f"WinogradConv3x3 needs a 3x3 conv with stride 1, zero padding 1, no dilation or groups; "
-                             f"got {conv}")
+        check_same_3x3(conv, "WinogradConv3x3")
         if tile not in TRANSFORMS:
             raise ValueError(f"tile must be one of {sorted(TRANSFORMS)}, got {tile}")
         if height % tile or width % tile or height < 1 or width < 1:
