@@ -172,6 +172,9 @@ def export_all(options: argparse.Namespace, folder: Path) -> tuple[dict[str, Pat
         def transformed_weights(self) -> torch.Tensor:
             return self.u
 
+        def position_weights(self, position: int) -> torch.Tensor:
+            return self.u[position]
+
     config = generator_preset(options.preset, ngf=options.ngf)
     height, width = config.image_size
     generator = random_generator(config, seed=options.seed, calibration_batches=1)

@@ -14,7 +14,10 @@ outputs of magnitude 16; F(2x2) and the direct conv 6e-6). The graph is four ste
 - one MatMul by `A^T (x) A^T` gives the m x m outputs of every tile, and a transpose puts them in place.
 The module stores the 3x3 weight W only: U is an Einsum of two constants, which ONNX Runtime and OpenVINO fold into
 constants when they load the model. The TorchScript exporter does not fold Einsum, so the file holds W rather than U,
-which is (m + 2)^2 / 9 its size.
+which is (m + 2)^2 / 9 its size. Per-position products take one Einsum per position, straight from W: an Einsum for
+all positions cut into per-position slices would have the runtime hold U twice while it folds (ONNX Runtime keeps
+every folded tensor until the pass ends), which raised the ADE20K 256x256 sparse export's peak memory while loading
+by ~300 MiB and doubled its load time.
 
 It pays where the MatMuls dominate the memory-bound transforms. On a 2-core CPU in ONNX Runtime (channels-last input
 and output, against the direct conv with its layout reorders): F(2x2) 1.5x at 16x16 with 1024 channels; F(4x4)
@@ -112,6 +115,10 @@ class WinogradConv3x3(nn.Module):
         which the runtime folds at load."""
         return torch.einsum("cot,kt->kco", self.taps, self.tap_coefficients)
 
+    def position_weights(self, position: int) -> torch.Tensor:
+        """U's `[C, O]` matrix for one tile position, an Einsum of W alone (the runtime folds it at load)."""
+        return torch.einsum("cot,t->co", self.taps, self.tap_coefficients[position])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Every shape but the batch is known here: static reshapes (-1 for the batch) leave the exported graph without
         # the Shape/Gather/Concat chains that computing them from x would add.
@@ -121,11 +128,10 @@ class WinogradConv3x3(nn.Module):
         picked = flat[:, self.tile_index]  # [N, positions, tiles, C]
         transformed = self.input_transform(picked.reshape(-1, positions, tiles * channels))
         transformed = transformed.reshape(-1, positions, tiles, channels)
-        weights = self.transformed_weights()
         if self.per_position:
-            products = torch.stack([transformed[:, k] @ weights[k] for k in range(positions)], 1)
+            products = torch.stack([transformed[:, k] @ self.position_weights(k) for k in range(positions)], 1)
         else:
-            products = transformed @ weights  # [N, positions, tiles, O]
+            products = transformed @ self.transformed_weights()  # [N, positions, tiles, O]
         out = self.output_transform(products.reshape(-1, positions, tiles * self.out_channels))  # [N, tile^2, .]
         out = out.reshape(-1, self.tile, self.tile, self.height // self.tile, self.width // self.tile,
                           self.out_channels)

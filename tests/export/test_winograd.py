@@ -108,9 +108,11 @@ def test_onnx_runtime(tmp_path, tile, in_channels, out_channels):
     assert stored == (module.taps.numel() + module.bias.numel()) * 4
     constants = [onnx.numpy_helper.to_array(attribute.t) for node in model.graph.node if node.op_type == "Constant"
                  for attribute in node.attribute]
-    # The tap coefficients and the two transforms; no [C, O] matrix.
-    assert sorted(constant.shape for constant in constants if constant.dtype == np.float32 and constant.size > 1) == [
-        (tile ** 2, positions), (positions, 9), (positions, positions)]
+    # The tap coefficients (one row per position where each position's weight is an Einsum of its own) and the two
+    # transforms; no [C, O] matrix.
+    coefficients = [(9,)] * positions if module.per_position else [(positions, 9)]
+    assert sorted(constant.shape for constant in constants if constant.dtype == np.float32 and constant.size > 1) == (
+        sorted([(tile ** 2, positions), (positions, positions), *coefficients]))
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL  # as make_session
