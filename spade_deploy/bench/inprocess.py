@@ -20,10 +20,10 @@ the reference, not eager float32, whose own rounding is no truth: reduced precis
 what the model computes, and eager float32's row shows the floor.
 
 Peak memory, measured after the timing with each runtime in a process of its own (`memory_probe`: in this process a
-runtime can reuse heap that earlier work freed, which hides part of its footprint): what building the runtime added
-to the resident set (weights, graph, compiled kernels), plus the most one call at this batch added at its peak above
-the resident set before it (activations, arena growth); i.e. what the runtime holds at its peak. Exporting ONNX
-files happens before, outside every measurement.
+runtime can reuse heap that earlier work freed, which hides part of its footprint): the most the process held above
+its resident set before building the runtime, while building it (weights, graph, compiled kernels, load-time copies)
+or over its calls up to this batch (arenas, activations). Exporting ONNX files happens before, outside every
+measurement.
 """
 from __future__ import annotations
 

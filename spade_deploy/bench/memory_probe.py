@@ -5,13 +5,15 @@ reference outputs, the other runtimes' builds) can reuse heap that work freed, w
 on ADE20K 256x256 our sparse export looked smaller than the plain one that way and is not. So the bench measures each
 runtime here, after the timing: a child process loads the benched generator (built on the meta device and given the
 saved tensors, so no freed copy of it is left to reuse), builds the runtime, runs one call per batch and reports, per
-batch, what building added to the resident set plus the most the call added at its peak.
+batch, the most the process held above its resident set before building, while building or over the calls so far:
+what a machine must have free to load the runtime and serve that batch. Nothing is trimmed between building and the
+calls, so heap that building freed counts only where the calls do not reuse it (releasing it first and adding the
+calls' growth to what building left resident would count it twice).
 
     python -m spade_deploy.bench.memory_probe RUNTIME SUBJECT.pt BATCH=FEEDS.npz [...]
 """
 from __future__ import annotations
 
-import gc
 import json
 import subprocess
 import sys
@@ -77,21 +79,16 @@ def main(argv: list[str]) -> int:
     subject = load_subject(Path(subject_path))
     torch.set_num_threads(subject.threads)  # as the bench runs its runtimes
     feeds = {int(batch): dict(np.load(path)) for batch, path in (item.split("=", 1) for item in batch_files)}
-    gc.collect()
     tracked = reset_peak_resident()
     before = resident_mb()
     run = RUNTIMES[name].build(subject, subject.graphs.get(RUNTIMES[name].graph))
-    gc.collect()
-    built = resident_mb()
-    if not tracked or before is None or built is None:
+    if not tracked or before is None:
         print(json.dumps(None))
         return 0
     peaks = {}
     for batch, batch_feeds in feeds.items():
-        reset_peak_resident()
-        start = resident_mb()
         run(batch_feeds)
-        peaks[batch] = built - before + max(peak_resident_mb() - start, 0.0)
+        peaks[batch] = peak_resident_mb() - before  # the count has run since before building
     print(json.dumps(peaks))
     return 0
 

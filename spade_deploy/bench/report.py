@@ -169,9 +169,10 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
               "precision: what the runtime's convs and matmuls compute in, as the runtime reports it where it "
               "chooses (OpenVINO's compiled model); tf32: fp32 tensors, convs on TF32 tensor cores. p50/p95/p99: "
               "percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit near the "
-              "slowest). images/s = batch / p50. peak MiB: what building the runtime added to the resident set plus "
-              "the most one call added at its peak (weights, compiled graph, arenas, activations; host memory only), "
-              "each runtime measured in a process of its own. " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
+              "slowest). images/s = batch / p50. peak MiB: the most the process held above its resident set before "
+              "building the runtime, while building it or over its calls up to that batch (weights, compiled graph, "
+              "load-time copies, arenas, activations; host memory only), each runtime measured in a process of its "
+              "own. " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
     return lines
 
 

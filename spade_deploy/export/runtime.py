@@ -34,9 +34,13 @@ def make_session(path: str | Path, *, threads: int | None = None, providers: lis
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """The deployment's ONNX Runtime options: full graph optimisation; `threads` caps intra-op threads."""
+    """The deployment's ONNX Runtime options: full graph optimisation, no memory pattern; `threads` caps intra-op
+    threads. The memory pattern (one buffer planned for a whole run, allocated beside the arena blocks of the run it
+    was planned from) raised the peak resident memory of the ADE20K 256x256 sparse export by ~190 MiB and of the plain
+    one by ~220 MiB, and bought no speed for either (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-memory-pattern)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
     return options

@@ -7,8 +7,8 @@ SPADEs, the one-hot map (and its resized copy), the `mlp_shared` activation (and
 the block's input width are alive at once: `2 * semantic_nc + 2 * spade_hidden + 6 * fin` floats per pixel and item
 (`fin` = 2 * ngf, or ngf with 'most' upsampling). A convolution run as im2col (PyTorch without oneDNN, ONNX Runtime)
 adds its column buffer, `k * k * C_in` floats per pixel for its widest input. ONNX Runtime keeps more
-full-resolution tensors alive at once (it plans one buffer for a whole run, the folded graphs fuse a block's three
-SPADE branches, and its arena rounds allocations up to powers of two): `ONNXRUNTIME_FACTOR` times the im2col figure.
+full-resolution tensors alive at once (the folded graphs fuse a block's three SPADE branches, and its arena rounds
+allocations up to powers of two): `ONNXRUNTIME_FACTOR` times the im2col figure.
 For the sparse graph that is the worst case, a label map that is boundary everywhere; ordinary maps need 5-15x less,
 but a guard cannot know the map's boundaries before the run. A fixed `OVERHEAD_BYTES` per run covers the rest.
 
@@ -21,8 +21,9 @@ and the estimate is up to 3.2x):
   1 thread measures the same);
 - PyTorch with `torch.backends.mkldnn.enabled = False` (im2col convs, 2.5-3x the memory): 1.10 .. 1.26;
 - ONNX Runtime, the sparse graph on all-boundary label maps and the dense graph, two configs at 256 and 512 px,
-  batch 1 to 4: 1.18 .. 1.70 (the sparse graph on ordinary label maps: 17-26x below the estimate);
-- the style encoder (ONNX Runtime) on 1024x1024 .. 4096x2048 styles: 1.15 .. 1.44.
+  batch 1 to 4: 1.18 .. 1.70 (the sparse graph on ordinary label maps: 17-26x below the estimate); measured again
+  with the memory pattern off, as `make_session` runs since (…-memory-pattern): 1.45 .. 1.75;
+- the style encoder (ONNX Runtime) on 1024x1024 .. 4096x2048 styles: 1.15 .. 1.44; with the pattern off 1.62.
 """
 from __future__ import annotations
 
