@@ -11,7 +11,6 @@ Elsewhere the memory functions return None and the reports say "n/a".
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import gc
 import importlib.metadata
@@ -24,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from spade_deploy.model.memory import release_freed_heap
 
 _STATUS = Path("/proc/self/status")
 _MEMINFO = Path("/proc/meminfo")
@@ -111,7 +112,7 @@ def resident_mb() -> float | None:
 def reset_peak_resident() -> bool:
     """Release freed heap memory to the OS, then restart the peak-RSS count; False where that is not possible."""
     gc.collect()
-    _malloc_trim()
+    release_freed_heap()  # so that a later RSS baseline is not inflated by freed heap
     try:
         _CLEAR_REFS.write_text(_RESET_PEAK)
     except OSError:
@@ -137,13 +138,6 @@ def _proc_kib(path: Path, field: str) -> int | None:
         return None
     return int(match.group(1)) if match else None
 
-
-def _malloc_trim() -> None:
-    """glibc keeps freed memory in its heap; trimming returns it, so a later RSS baseline is not inflated."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -20,6 +20,7 @@ from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.precision import BF16, FP16, FP32, ONNXRUNTIME, runtime_for
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import as_rgb_batch
+from spade_deploy.model.memory import release_freed_heap
 
 _OPENVINO_TYPES = {FP32: "f32", BF16: "bf16"}  # our precision -> OpenVINO's INFERENCE_PRECISION_HINT
 _FROM_OPENVINO = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
@@ -27,10 +28,13 @@ _FROM_OPENVINO = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_t
 
 def make_session(path: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session with the deployment's options (`session_options`) or the given ones."""
+    """An ONNX Runtime session with the deployment's options (`session_options`) or the given ones; the heap that
+    loading freed goes back to the system (`release_freed_heap`)."""
     path = _existing(path)
-    return ort.InferenceSession(str(path), options or session_options(threads),
-                                providers=providers or ["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options or session_options(threads),
+                                   providers=providers or ["CPUExecutionProvider"])
+    release_freed_heap()
+    return session
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -73,6 +77,7 @@ class OpenVinoSession:
             settings["INFERENCE_PRECISION_HINT"] = _OPENVINO_TYPES[precision]
         core = openvino.Core()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", settings)
+        release_freed_heap()
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = _FROM_OPENVINO.get(chosen, chosen)
         self._request = self.compiled.create_infer_request()
