@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CHILD = """
@@ -80,24 +81,29 @@ def speed(path: Path, turns: int) -> dict[str, float]:
         f"{name} / on": statistics.median(a / b for a, b in zip(values, times["on"])) for name, values in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, nargs=2, default=(25, 10), metavar=("SPARSE", "PLAIN"))
-    turns = dict(zip(("sparse", "plain"), parser.parse_args().turns))
+def ade20k_exports(folder: Path) -> Iterator[tuple[str, Path]]:
+    """(graph, file) for the plain and our sparse export of the random ADE20K generator at 256x256, in turn."""
     import torch
 
-    from spade_deploy.bench.machine import describe_machine
     from spade_deploy.export.onnx import export_generator_onnx
     from spade_deploy.model.config import generator_preset
     from spade_deploy.model.synthetic import random_generator
 
     torch.set_num_threads(2)
     generator = random_generator(generator_preset("ade20k", ngf=64), seed=0)
+    for graph in ("plain", "sparse"):
+        yield graph, export_generator_onnx(generator, folder / f"{graph}.onnx", height=256, width=256, graph=graph)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, nargs=2, default=(25, 10), metavar=("SPARSE", "PLAIN"))
+    turns = dict(zip(("sparse", "plain"), parser.parse_args().turns))
+    from spade_deploy.bench.machine import describe_machine
+
     rows = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for graph in ("plain", "sparse"):
-            path = export_generator_onnx(generator, Path(workdir) / f"{graph}.onnx", height=256, width=256,
-                                         graph=graph)
+        for graph, path in ade20k_exports(Path(workdir)):
             for pattern in ("on", "off"):
                 row = rows[f"{graph}, pattern {pattern}"] = {}
                 for measure in ("process", "earlier probe"):

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pattern import ade20k_exports  # this folder's
+
 CHILD = """
 import json, sys
 import onnxruntime as ort
@@ -36,19 +38,9 @@ print(json.dumps({"after building": built, "after 5 calls": resident_mb() - befo
 
 
 def main() -> None:
-    import torch
-
-    from spade_deploy.export.onnx import export_generator_onnx
-    from spade_deploy.model.config import generator_preset
-    from spade_deploy.model.synthetic import random_generator
-
-    torch.set_num_threads(2)
-    generator = random_generator(generator_preset("ade20k", ngf=64), seed=0)
     rows = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for graph in ("plain", "sparse"):
-            path = export_generator_onnx(generator, Path(workdir) / f"{graph}.onnx", height=256, width=256,
-                                         graph=graph)
+        for graph, path in ade20k_exports(Path(workdir)):
             for heap in ("kept", "released"):
                 child = subprocess.run([sys.executable, "-c", CHILD, str(path), heap], capture_output=True, text=True,
                                        check=True)
