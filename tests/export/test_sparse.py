@@ -43,7 +43,8 @@ def label_maps(config: GeneratorConfig) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module", params=SPARSE_VARIANTS, ids=[name for name, _ in SPARSE_VARIANTS])
 def models(request):
-    """(eager, dense folded, all-blocks-sparse as in the `sparse` and the `sparse-tensorrt` graph) for one variant."""
+    """(eager, dense folded, [all-blocks-sparse as in the `sparse`, `sparse-tensorrt` and `sparse-bf16` graph, dense
+    folded with batch norm as a step]) for one variant."""
     config = request.param[1]
     generator = random_generator(config, seed=9)
     # Every block sparse, down to the 1x1 latent grid; Winograd main convs wherever the block size is even.
@@ -62,12 +63,15 @@ def models(request):
     assert any(winograd[0]) and not any(winograd[1])
     # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
     assert {block.conv_0.tile for block in sparse[0].blocks if isinstance(block.conv_0, WinogradConv3x3)} == {2, 4}
-    return generator, FoldedGenerator(generator).eval(), sparse
+    # The same function with batch norm as a step of its own before each modulation (the bf16 graph), sparse and dense
+    normalized = [sparse_generator(generator, dense_below=1, normalize_first=True),
+                  FoldedGenerator(generator, normalize_first=True).eval()]
+    return generator, FoldedGenerator(generator).eval(), sparse + normalized
 
 
 @pytest.mark.parametrize("kind", ["many-regions", "one-region", "every-border", "one-pixel-wide", "mixed-batch"])
 def test_sparse_matches_dense_and_eager(models, kind):
-    generator, dense, sparse = models
+    generator, dense, others = models
     config = generator.config
     maps = label_maps(config)
     labels = np.stack([maps["one-region"], maps["many-regions"], maps["one-pixel-wide"]]) if kind == "mixed-batch" \
@@ -79,7 +83,7 @@ def test_sparse_matches_dense_and_eager(models, kind):
         eager = generator(to_semantic_input(labels, instances, config), z)
         inputs = (torch.from_numpy(labels), None if instances is None else torch.from_numpy(instances), z)
         dense_out = dense(*inputs)
-        for graph in sparse:
+        for graph in others:
             sparse_out = graph(*inputs)
             assert (sparse_out - dense_out).abs().max() <= TOLERANCE
             assert (sparse_out - eager).abs().max() <= TOLERANCE
