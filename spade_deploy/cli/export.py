@@ -25,7 +25,7 @@ from spade_deploy.model.config import NUM_UPSAMPLINGS
 from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS, unservable_reason
 
 EXIT_NO_ENGINE = 3
-ONNX_GRAPHS = ("sparse", "sparse-tensorrt", "dense")
+ONNX_GRAPHS = ("sparse", "sparse-bf16", "sparse-tensorrt", "dense")
 # Dense by default on GPUs: they have compute to spare, and the sparse graph's data-dependent shapes (NonZero) cost
 # a device sync per resolution. TensorRT builds NonZero but not Unique, hence `sparse-tensorrt`.
 TRT_GRAPHS = ("dense", "sparse-tensorrt")
