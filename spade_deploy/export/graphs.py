@@ -69,7 +69,9 @@ Builder = Callable[[SPADEGenerator, int, int], nn.Module]  # (generator, export 
 # One builder per graph of `spade_deploy.export.metadata.GRAPHS`.
 BUILDERS: dict[str, Builder] = {
     "sparse": lambda generator, height, width: sparse_generator(generator, height, width),
-    "sparse-bf16": lambda generator, height, width: sparse_generator(generator, height, width, normalize_first=True),
+    # bf16: Winograd's transforms round too, and its larger weights cost OpenVINO memory (see precision.py).
+    "sparse-bf16": lambda generator, height, width: sparse_generator(generator, height, width, normalize_first=True,
+                                                                     winograd_up_to=0),
     # TensorRT cannot build Unique and picks its own conv algorithms (Winograd among them).
     "sparse-tensorrt": lambda generator, height, width: sparse_generator(generator, height, width,
                                                                          unique_windows=False, winograd_up_to=0),

@@ -9,10 +9,12 @@ AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there slower tha
 Runtime (about 280 ms then; 246-251 ms after the F(4x4) Winograd convs, when bf16 took 322-344 ms; 224-253 ms after
 the shortcut and upsampling folds, bf16 314-342 ms), and the choice says so. A CPU without bf16 hardware gets fp32,
 and the choice says why.
-At bf16 the sparse graph keeps batch norm as a per-channel step before each modulation (`sparse-bf16`): folded into
-the modulation, `x·A + B` cancels in bf16 where a norm's mean is large against its deviation. OpenVINO bf16, ADE20K
-256x256 on Zen 5, against float64: the plain model 41.9 dB, our sparse graph 38.1 dB folded, 42.6 dB with the step
-(benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-bf16-norm-step).
+At bf16 the sparse graph keeps batch norm as a per-channel step before each modulation and runs its convs direct
+(`sparse-bf16`): folded into the modulation, `x·A + B` cancels in bf16 where a norm's mean is large against its
+deviation, and Winograd's transforms add rounding. OpenVINO bf16, ADE20K 256x256 on Zen 5, against float64: the plain
+model 41.9 dB; our sparse graph 38.1 dB folded, 42.6 dB with the step, 43.5 dB with direct convs too, which also
+brought OpenVINO's peak memory from 1,507 to 915 MiB (the Winograd weights are 1.8-4x the 3x3 ones) at 2 % more time
+here (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-bf16-norm-step).
 `fp16` is for GPUs: TensorRT engines (`export trt`).
 
 The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.

@@ -63,8 +63,10 @@ def models(request):
     assert any(winograd[0]) and not any(winograd[1])
     # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
     assert {block.conv_0.tile for block in sparse[0].blocks if isinstance(block.conv_0, WinogradConv3x3)} == {2, 4}
-    # The same function with batch norm as a step of its own before each modulation (the bf16 graph), sparse and dense
+    # The same function with batch norm as a step of its own before each modulation (with Winograd convs, which leave
+    # it conv_0's bias; with direct ones, as the bf16 graph), sparse and dense
     normalized = [sparse_generator(generator, dense_below=1, normalize_first=True),
+                  sparse_generator(generator, dense_below=1, normalize_first=True, winograd_up_to=0),
                   FoldedGenerator(generator, normalize_first=True).eval()]
     return generator, FoldedGenerator(generator).eval(), sparse + normalized
 
