@@ -13,8 +13,8 @@ At bf16 the sparse graph keeps batch norm as a per-channel step before each modu
 (`sparse-bf16`): folded into the modulation, `x·A + B` cancels in bf16 where a norm's mean is large against its
 deviation, and Winograd's transforms add rounding. OpenVINO bf16, ADE20K 256x256 on Zen 5, against float64: the plain
 model 41.9 dB; our sparse graph 38.1 dB folded, 42.6 dB with the step, 43.5 dB with direct convs too, which also
-brought OpenVINO's peak memory from 1,507 to 915 MiB (the Winograd weights are 1.8-4x the 3x3 ones) at 2 % more time
-here (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-bf16-norm-step).
+brought the bench's peak memory for it from 1,530 to 943 MiB (the Winograd weights are 1.8-4x the 3x3 ones; the plain
+model at bf16: 1,277) at 2 % more time here (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-bf16-norm-step).
 `fp16` is for GPUs: TensorRT engines (`export trt`).
 
 The bench's `fast` runtime runs `fastest_choice`: the same rule, falling back to fp32 where OpenVINO is missing.
