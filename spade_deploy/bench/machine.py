@@ -139,7 +139,6 @@ def _proc_kib(path: Path, field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-
 def _cpuinfo() -> dict[str, str]:
     """Fields of the first processor in /proc/cpuinfo."""
     fields: dict[str, str] = {}
