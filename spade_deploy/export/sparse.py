@@ -7,8 +7,8 @@ constant `ClassAB[c]` computed once at export. Call B5 the other pixels. By line
     AB(p) = b + sum_t T[code(p + d_t), t],    T[q, t] = W_t @ actv(q),
 with `code` a zero row outside the image (the conv's zero padding). So
 - actv and its matmul with the 9 taps are computed only for the pixels near B5, and only once per distinct 3x3
-  window: along a boundary the same few window patterns repeat (ONNX Unique; `unique_windows=False` keeps one row
-  per pixel, for TensorRT, which cannot build Unique);
+  window: along a boundary the same few window patterns repeat (ONNX Unique, in the form each runtime runs fastest;
+  TensorRT, which cannot build Unique, keeps one row per pixel: `distinct_rows`);
 - on B5, AB is a 9-row gather and sum (once per distinct 5x5 window), everywhere else a table look-up;
 - the modulation `x * A + B` runs channels last, the layout of the look-ups, and so do the activations between
   sparse blocks; a block's input is upsampled inside the products that read it (`times`), and ONNX Runtime folds
@@ -49,6 +49,13 @@ DENSE_BELOW = 16
 # loads the model, which costs load time, not file size.
 WINOGRAD_UP_TO = 128
 LARGE_TILES_FROM = 32
+# How `distinct_rows` finds the distinct windows: ONNX Unique of the rows (fastest in ONNX Runtime), of one int32 key
+# per row (in OpenVINO, whose Unique of rows is slow and whose CPU plugin computes int64 as int32), or not at all
+# (every row its own: TensorRT builds no Unique).
+ROWS, KEYS, EVERY_ROW = "rows", "keys", "every-row"
+DEDUPLICATIONS = (ROWS, KEYS, EVERY_ROW)
+_KEY_LIMIT = 2**31  # keys stay below it: int32
+_INDEX = object()  # a key's bound in `distinct_rows`: an index among rows (or a column bounded by the data)
 
 
 class Level:
@@ -57,14 +64,14 @@ class Level:
     Flat indices address a label map padded by 2 on each side (`[N, h + 4, w + 4]`), so every 3x3 neighbour of a
     pixel within 1 of the image exists; padding positions carry the sentinel label.
 
-    With `unique_windows`, T is computed once per distinct window: `actv(q)` depends only on q's 3x3 label (and
-    edge) window, and AB(p) only on the T rows of p's 3x3 neighbours, so pixels with equal windows share rows. Along
-    a boundary the same few window patterns repeat (on synthetic 16-region maps, 5,492 A3 pixels at 256x256 have
-    624 distinct windows). It uses ONNX Unique, which TensorRT cannot build; without it every pixel keeps its row.
+    T is computed once per distinct window (`deduplicate`, one of DEDUPLICATIONS): `actv(q)` depends only on q's 3x3
+    label (and edge) window, and AB(p) only on the T rows of p's 3x3 neighbours, so pixels with equal windows share
+    rows. Along a boundary the same few window patterns repeat (on synthetic 16-region maps, 5,492 A3 pixels at
+    256x256 have 624 distinct windows). With EVERY_ROW every pixel keeps its rows.
     """
 
     def __init__(self, labels: torch.Tensor, edge: torch.Tensor | None, num_labels: int,
-                 unique_windows: bool) -> None:
+                 deduplicate: str = ROWS) -> None:
         # labels: [N, h, w] int64; edge: [N, 1, h, w] float or None
         batch, height, width = labels.shape
         # A3: the 3x3 window is mixed, leaves the image (padding with -1 makes such windows mixed), or holds an
@@ -82,7 +89,8 @@ class Level:
         windows = F.pad(labels, (2, 2, 2, 2), value=num_labels).flatten()[near_taps]  # [P, 9]
         if edge is not None:
             windows = torch.cat([windows, F.pad(edge, (2, 2, 2, 2)).flatten()[near_taps].long()], dim=1)
-        windows, inverse = _unique_rows(windows, unique_windows)
+        bases = [num_labels + 1] * 9 + [2] * (windows.shape[1] - 9)  # labels and the sentinel; edge flags
+        windows, inverse = distinct_rows(windows, bases, deduplicate)
         # Rows of the mlp_shared per-tap label tables ([9 * (labels + 1), 3 * hidden]) for each distinct window.
         self.window_label_rows = windows[:, :9] + torch.arange(9) * (num_labels + 1)  # [U, 9]
         self.window_edges = windows[:, 9:].float() if edge is not None else None  # [U, 9]
@@ -92,18 +100,51 @@ class Level:
         code = torch.where(near_padded, inverse[rank.clamp(min=0)] + 1, 0)
         b5_flat = b5.flatten() > 0
         b5_taps = torch.nonzero(F.pad(b5, (2, 2, 2, 2)).flatten() > 0).flatten().unsqueeze(1) + offsets
-        self.b5_rows, b5_inverse = _unique_rows(code[b5_taps] * 9 + torch.arange(9), unique_windows)  # [U5, 9]
+        b5_codes, b5_inverse = distinct_rows(code[b5_taps], [None] * 9, deduplicate)  # [U5, 9]: B5 is not empty
+        self.b5_rows = b5_codes * 9 + torch.arange(9)
         # Assembly code of every pixel: its class (constant AB) or labels + its B5 row.
         b5_rank = torch.cumsum(b5_flat.long(), 0) - 1
         self.assembly = torch.where(b5_flat, num_labels + b5_inverse[b5_rank.clamp(min=0)],
                                     labels.flatten()).view(batch, height, width)
 
 
-def _unique_rows(rows: torch.Tensor, unique: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distinct rows, index of each row among them), or every row as its own when not `unique`."""
-    if unique:
+def distinct_rows(rows: torch.Tensor, bases: list[int | None], deduplicate: str = ROWS
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct rows of `rows` [P, C] (int64; column c in [0, bases[c]), or bounded by the data where None), the
+    index of each row among them); with EVERY_ROW, every row as its own.
+
+    ROWS is ONNX Unique of the rows. KEYS tells rows apart by one integer key per row, built a few columns at a
+    time: columns are multiplied into the key while it stays below 2**31, and then the key is replaced by its index
+    among the distinct keys so far (ONNX Unique of a 1-D tensor). OpenVINO's CPU plugin computes int64 tensors as
+    int32, and there its Unique of rows is slow (20-100 ms on 10-40 thousand rows; of a 1-D tensor, unsorted,
+    0.2-0.6 ms). An index is below P, so a key stays in range while P times a column's base is below 2**31 (P below
+    14 million rows for 151 labels); where int32 products wrap beyond that, equal keys may stand for different rows:
+    every row is compared with its key's row, and if any differs, every row is kept as its own (exact, slower)."""
+    if deduplicate not in DEDUPLICATIONS:
+        raise ValueError(f"deduplicate must be one of {list(DEDUPLICATIONS)}, got {deduplicate!r}")
+    every = torch.arange(rows.shape[0])
+    if deduplicate == EVERY_ROW:
+        return rows, every
+    if deduplicate == ROWS:
         return torch.unique(rows, dim=0, return_inverse=True)
-    return rows, torch.arange(rows.shape[0])
+    # bound: an int where the key is below it by construction; INDEX where it is an index (or a column bounded by
+    # the data), which one more column may be multiplied into; None where neither.
+    key, bound = None, 1
+    for column, base in sorted(zip(rows.unbind(1), bases), key=lambda pair: pair[1] or _KEY_LIMIT):
+        if key is None:
+            key, bound = column, base or _INDEX
+            continue
+        if not (bound is _INDEX or (bound and base and bound * base < _KEY_LIMIT)):
+            key, bound = torch.unique(key, sorted=False, return_inverse=True)[1], _INDEX
+        key = key * (column.max() + 1 if base is None else base) + column
+        bound = bound * base if bound is not _INDEX and base else None
+    distinct, inverse = torch.unique(key, sorted=False, return_inverse=True)
+    # Each distinct key's row: any row with that key (all equal where the keys are exact).
+    first = torch.zeros_like(distinct).scatter_(0, inverse, every)
+    exact = (rows[first][inverse] == rows).all()
+    kept = torch.cat([first, every])[torch.cat([torch.ones_like(first, dtype=torch.bool) & exact,
+                                                torch.ones_like(every, dtype=torch.bool) & ~exact])]
+    return rows[kept], torch.where(exact, inverse, every)
 
 
 class PixelTable(nn.Module):
@@ -234,7 +275,7 @@ class SparseResBlock(nn.Module):
 
     channels_last = True
 
-    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, unique_windows: bool = True,
+    def __init__(self, block: SPADEResBlock, config: GeneratorConfig, deduplicate: str = ROWS,
                  winograd: tuple[int, int, int] | None = None, upsample: bool = False,
                  normalize_first: bool = False) -> None:
         # winograd: (height, width, tile) of the Winograd main convs, or None for direct ones. upsample: the block
@@ -245,7 +286,7 @@ class SparseResBlock(nn.Module):
         dense = FoldedResBlock(block, config)
         num_labels = config.num_label_channels
         self.hidden = config.spade_hidden
-        self.unique_windows = unique_windows
+        self.deduplicate = deduplicate
         shared = dense.shared  # LabelConv of the fused mlp_shared convs: tables [9, labels + 1, 3 * hidden]
         self.register_buffer("label_taps", shared.tables.reshape(9 * (num_labels + 1), -1))
         self.register_buffer("shared_bias", shared.bias.flatten())
@@ -278,7 +319,7 @@ class SparseResBlock(nn.Module):
                                         normalize_first=normalize_first)
 
     def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> Level:
-        return Level(labels, edge, self.num_labels, self.unique_windows)
+        return Level(labels, edge, self.num_labels, self.deduplicate)
 
     def forward(self, x: torch.Tensor, level: Level) -> torch.Tensor:
         # x: [N, h, w, C]. The modulations and the convs run channels last too: ONNX Runtime folds the transposes
@@ -365,12 +406,13 @@ class ChannelsLastConv(nn.Module):
 
 
 def sparse_generator(generator: SPADEGenerator, height: int | None = None, width: int | None = None,
-                     dense_below: int = DENSE_BELOW, unique_windows: bool = True,
+                     dense_below: int = DENSE_BELOW, deduplicate: str = ROWS,
                      winograd_up_to: int = WINOGRAD_UP_TO, normalize_first: bool = False) -> FoldedGenerator:
     """The folded graph with boundary-sparse blocks wherever the block's label map at the export size
-    (default: the config's) is at least `dense_below` on its shorter side; `unique_windows=False` leaves out the
-    window deduplication (ONNX Unique) so that TensorRT can build the graph. The main 3x3 convs of sparse blocks at
-    most `winograd_up_to` on their shorter side run as Winograd convs (`winograd_tile`); 0 turns it off.
+    (default: the config's) is at least `dense_below` on its shorter side; `deduplicate` is how they find the
+    distinct label windows (DEDUPLICATIONS: ROWS for ONNX Runtime, KEYS for OpenVINO, EVERY_ROW for TensorRT). The
+    main 3x3 convs of sparse blocks at most `winograd_up_to` on their shorter side run as Winograd convs
+    (`winograd_tile`); 0 turns it off.
     `normalize_first` keeps batch norm as a step of its own before each modulation, for bf16 (`fold.Modulation`)."""
     graph = FoldedGenerator(generator, normalize_first)
     if generator.config.spade_kernel != 3:
@@ -383,7 +425,7 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
         block_height, block_width = height // factor, width // factor
         if min(block_height, block_width) >= dense_below:
             tile = winograd_tile(block_height, block_width, winograd_up_to)
-            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, unique_windows,
+            graph.blocks[index] = SparseResBlock(getattr(generator, name), generator.config, deduplicate,
                                                  (block_height, block_width, tile) if tile else None,
                                                  upsample=graph.ups[index], normalize_first=normalize_first)
     if graph.blocks[-1].channels_last:

@@ -1,21 +1,25 @@
-"""The boundary-sparse graph, with and without its window deduplication and Winograd convs, computes the dense folded
-graph's (and the eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that stress its bookkeeping: many
-regions, one region, regions on every border, 1-pixel-wide regions, and batches mixing them (no neighbour may leak
-across images)."""
+"""The boundary-sparse graph, with each way of finding its distinct windows and with and without Winograd convs,
+computes the dense folded graph's (and the eager generator's) function exactly (max |Δ| ≤ 1e-4) on label maps that
+stress its bookkeeping: many regions, one region, regions on every border, 1-pixel-wide regions, and batches mixing
+them (no neighbour may leak across images); in ONNX Runtime and in OpenVINO too."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.export.fold import FoldedGenerator, upsample_last
 from spade_deploy.model.tensors import to_semantic_input
-from spade_deploy.export.onnx import export_generator_onnx
-from spade_deploy.export.runtime import OnnxGenerator
-from spade_deploy.export.sparse import (Level, PointwiseConv, SparseResBlock, TapSumConv, sparse_generator, times,
-                                       winograd_tile)
+from spade_deploy.export.onnx import OPSET, export_generator_onnx
+from spade_deploy.export.precision import FP32
+from spade_deploy.export.runtime import OnnxGenerator, OpenVinoSession, make_session, openvino_unavailable
+from spade_deploy.export.sparse import (EVERY_ROW, KEYS, ROWS, Level, PointwiseConv, SparseResBlock, TapSumConv,
+                                        distinct_rows, sparse_generator, times, winograd_tile)
 from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from spade_deploy.export.winograd import WinogradConv3x3
 from tests.export.test_fold import VARIANTS
@@ -49,7 +53,7 @@ def models(request):
     generator = random_generator(config, seed=9)
     # Every block sparse, down to the 1x1 latent grid; Winograd main convs wherever the block size is even.
     sparse = [sparse_generator(generator, dense_below=1),
-              sparse_generator(generator, dense_below=1, unique_windows=False, winograd_up_to=0)]
+              sparse_generator(generator, dense_below=1, deduplicate=EVERY_ROW, winograd_up_to=0)]
     assert all(isinstance(block, SparseResBlock) for graph in sparse for block in graph.blocks)
     assert all(isinstance(graph.conv_img, TapSumConv) for graph in sparse)
     # Blocks after an upsampling take their input before it (the variants include ones without a learned shortcut)
@@ -64,9 +68,9 @@ def models(request):
     # Crops of 64 and 128 px have blocks of 32 px and more: there 4x4 Winograd tiles, below them 2x2.
     assert {block.conv_0.tile for block in sparse[0].blocks if isinstance(block.conv_0, WinogradConv3x3)} == {2, 4}
     # The same function with batch norm as a step of its own before each modulation (with Winograd convs, which leave
-    # it conv_0's bias; with direct ones, as the bf16 graph), sparse and dense
+    # it conv_0's bias; with direct ones and int32 keys, as the bf16 graph), sparse and dense
     normalized = [sparse_generator(generator, dense_below=1, normalize_first=True),
-                  sparse_generator(generator, dense_below=1, normalize_first=True, winograd_up_to=0),
+                  sparse_generator(generator, dense_below=1, deduplicate=KEYS, normalize_first=True, winograd_up_to=0),
                   FoldedGenerator(generator, normalize_first=True).eval()]
     return generator, FoldedGenerator(generator).eval(), sparse + normalized
 
@@ -93,12 +97,60 @@ def test_sparse_matches_dense_and_eager(models, kind):
 
 def test_windows_are_deduplicated():
     """Along boundaries the same 3x3 label windows repeat: one table row per distinct window, far fewer than the
-    pixels near a boundary; without deduplication every such pixel keeps its own row."""
+    pixels near a boundary, found alike by Unique of rows and of keys; with EVERY_ROW every such pixel keeps its own
+    row."""
     labels = torch.from_numpy(synthetic_label_map(128, 128, num_regions=16, num_classes=10, seed=3))[None]
-    unique, every = (Level(labels, None, 10, unique_windows=flag) for flag in (True, False))
-    assert len(torch.unique(every.window_label_rows, dim=0)) == len(unique.window_label_rows)
-    assert len(unique.window_label_rows) * 3 < len(every.window_label_rows)
-    assert len(unique.b5_rows) < len(every.b5_rows)
+    rows, keys, every = (Level(labels, None, 10, deduplicate) for deduplicate in (ROWS, KEYS, EVERY_ROW))
+    assert len(torch.unique(every.window_label_rows, dim=0)) == len(rows.window_label_rows) == \
+        len(keys.window_label_rows)
+    assert len(rows.window_label_rows) * 3 < len(every.window_label_rows)
+    assert len(rows.b5_rows) == len(keys.b5_rows) < len(every.b5_rows)
+
+
+@pytest.mark.parametrize("bases", [[152] * 9, [152] * 9 + [2] * 9, [None] * 9, [2] * 9])
+def test_distinct_rows_by_keys(bases):
+    """Keys built column by column (a bound per column, or the data's) find the rows' distinct rows; bases too small
+    for the data (here 2 for values up to 3) make equal keys of different rows, and then every row is kept."""
+    generator = torch.Generator().manual_seed(0)
+    patterns = torch.randint(0, 4 if bases == [2] * 9 else 152, (300, len(bases)), generator=generator)
+    patterns[:, 9:] %= 2  # edge flags
+    rows = patterns[torch.randint(0, 300, (5000,), generator=generator)]
+    distinct, inverse = distinct_rows(rows, bases, KEYS)
+    assert torch.equal(distinct[inverse], rows)
+    assert len(distinct) == (5000 if bases == [2] * 9 else len(torch.unique(rows, dim=0)))
+    with pytest.raises(ValueError, match=r"deduplicate must be one of \['rows', 'keys', 'every-row'\], got 'hash'"):
+        distinct_rows(rows, bases, "hash")
+
+
+class DistinctRows(torch.nn.Module):
+    def __init__(self, bases: list[int | None]) -> None:
+        super().__init__()
+        self.bases = bases
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return distinct_rows(rows, self.bases, KEYS)
+
+
+def test_distinct_rows_by_keys_in_onnx(tmp_path):
+    """Exported, the keys find the distinct rows, and keep every row where the keys are not exact (bases too small
+    for the data), in ONNX Runtime and in OpenVINO: the number of rows kept is decided when the graph runs."""
+    path = tmp_path / "distinct.onnx"
+    example = torch.randint(0, 4, (50, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(DistinctRows([2] * 9), (example,), str(path), input_names=["rows"],
+                          output_names=["distinct", "inverse"], dynamic_axes={"rows": {0: "rows"}}, opset_version=OPSET,
+                          dynamo=False)
+    generator = torch.Generator().manual_seed(1)
+    in_range = torch.randint(0, 2, (40, 9), generator=generator)[torch.randint(0, 40, (3000,), generator=generator)]
+    colliding = torch.randint(0, 4, (300, 9), generator=generator)[torch.randint(0, 300, (4000,), generator=generator)]
+    sessions = [make_session(path, threads=1)]
+    if not openvino_unavailable():
+        sessions.append(OpenVinoSession(path, precision=FP32, threads=1))
+    for rows, expected in ((in_range, len(torch.unique(in_range, dim=0))), (colliding, 4000)):
+        for session in sessions:
+            distinct, inverse = session.run(["distinct", "inverse"], {"rows": rows.numpy()})
+            assert len(distinct) == expected and np.array_equal(distinct[inverse], rows.numpy())
 
 
 def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
@@ -116,6 +168,29 @@ def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
         assert {"NonZero", "Gather", "MatMul", "CumSum"} <= ops
         assert ("Unique" in ops) == unique_op
         _, image_float = OnnxGenerator(path)(labels, instances)
+        assert np.abs(image_float - eager).max() <= TOLERANCE
+
+
+def test_the_bf16_graph_runs_exactly_in_openvino(tmp_path):
+    """The bf16 graph (`sparse-bf16`: distinct windows by int32 keys, 1-D Unique only) in OpenVINO pinned to f32
+    computes the eager function, on regions and on label noise (almost every 3x3 window distinct, keys of B5 rows
+    beyond the int32 range)."""
+    if openvino_unavailable():
+        pytest.skip(openvino_unavailable())
+    config = SPARSE_VARIANTS[0][1]
+    generator = random_generator(config, seed=2)
+    path = export_generator_onnx(generator, tmp_path / "sparse-bf16.onnx", height=256, width=256, graph="sparse-bf16")
+    uniques = [node for node in onnx.load(str(path)).graph.node if node.op_type == "Unique"]
+    assert uniques and not any(attribute.name == "axis" for node in uniques for attribute in node.attribute)
+    noise = np.random.default_rng(0).integers(0, config.label_nc, (2, 256, 256))
+    regions = np.stack([label_maps(config.replace(crop_size=256))[kind] for kind in ("many-regions", "one-region")])
+    session = OpenVinoSession(path, precision=FP32, threads=2)
+    for labels in (regions, noise):
+        instances = np.stack([synthetic_instance_map(item) for item in labels])
+        with torch.no_grad():
+            eager = generator(to_semantic_input(labels, instances, config)).numpy()
+        feeds = io_spec.generator_feeds(config, 256, 256, labels, instances)
+        image_float = session.run([io_spec.IMAGE_FLOAT], feeds)[0]
         assert np.abs(image_float - eager).max() <= TOLERANCE
 
 
