@@ -1,16 +1,20 @@
-"""Where the sparse export's time goes in ONNX Runtime: its profiler's kernel times per call, by block and by kind of
-work, on a random-weight generator with calibrated batch-norm statistics and synthetic label maps.
+"""Where a sparse export's time goes, in ONNX Runtime (its profiler's kernel times) or in OpenVINO (its performance
+counters, at the precision asked): time per call by block and by kind of work, on a random-weight generator with
+calibrated batch-norm statistics and synthetic label maps.
 
     nice -n 10 .venv/bin/python benchmarks/profile_sparse.py --out benchmarks/results/<date>-<machine>-sparse-profile
+    .venv/bin/python benchmarks/profile_sparse.py --graph sparse-bf16 --runtime openvino --precision bf16 --out DIR
 
 Kinds, by the node names the exporter gives (`/core/blocks.<i>/<module>/<op>`): `main conv` (a block's Conv, its
 1x1 shortcut's MatMul `mod_s/conv`, or the MatMuls by U of its Winograd convs), `winograd transforms` (the rest of
 those convs: the tile gather, the input and output transforms' MatMuls, padding, transpose, bias), `boundary table`
 (the MatMul `actv @ W_t` of a modulation), `modulation gathers` (its look-ups: the boundary rows, then A and B per
-pixel), `modulation sums` (ReduceSum of the 9 taps, + bias), `modulation x*A+B` (Mul, Add), `layout` (the NCHWc
-reorders ONNX Runtime adds around convs), `output conv` (the generator's last conv, `TapSumConv` after a sparse
-last block), `label bookkeeping` (the per-resolution index work outside the blocks: Unique, NonZero, MaxPool, …)
-and `other`. Writes `profile.json` (every node's mean kernel time) and `README.md` (the tables).
+pixel), `modulation sums` (ReduceSum of the 9 taps, + bias), `modulation x*A+B` (Mul, Add), `layout` (the reorders
+the runtime adds around convs, and the transposes around direct convs), `output conv` (the generator's last conv,
+`TapSumConv` after a sparse last block), `label bookkeeping` (the per-resolution index work outside the blocks:
+Unique, NonZero, MaxPool, …) and `other`. OpenVINO's node types are named as the ONNX ops they run (Convolution as
+Conv, FullyConnected as MatMul, …). Writes `profile.json` (every node's mean kernel time) and `README.md` (the
+tables).
 """
 from __future__ import annotations
 
@@ -29,18 +33,24 @@ import torch
 from spade_deploy.bench.inprocess import boundary_share, graph_feeds
 from spade_deploy.bench.machine import describe_machine
 from spade_deploy.export.onnx import export_generator_onnx
-from spade_deploy.export.runtime import make_session, session_options
+from spade_deploy.export.precision import CPU_PRECISIONS, FP32, ONNXRUNTIME, OPENVINO, runtime_name
+from spade_deploy.export.runtime import make_session, openvino_settings, session_options
 from spade_deploy.files import atomic_path
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import generator_preset
 from spade_deploy.model.synthetic import random_generator
 
 _BLOCK = re.compile(r"^/core/blocks\.(\d+)/")
+_DIRECT_CONV = re.compile(r"^(.*/conv_[01s])/conv/Conv")
+# OpenVINO node types -> the ONNX ops `kind` reads (the others keep their names).
+_ONNX_OPS = {"Convolution": "Conv", "FullyConnected": "MatMul", "Multiply": "Mul", "Subtract": "Sub",
+             "Eltwise": "Add", "MulAdd": "Add"}
 
 
-def kind(node: str, op: str) -> str:
-    """The kind of work of a node, from its name and op type (see the module docstring)."""
-    if op.startswith("Reorder"):
+def kind(node: str, op: str, direct_convs: frozenset[str] = frozenset()) -> str:
+    """The kind of work of a node, from its name and op type (see the module docstring); `direct_convs`: the name
+    prefixes (`/core/blocks.<i>/conv_0`) of the block convs that run as a Conv, whose transposes are layout."""
+    if op.startswith("Reorder") or (op == "Transpose" and node.rsplit("/", 1)[0] in direct_convs):
         return "layout"
     if "/conv_img/" in node or node == f"{io_spec.IMAGE_FLOAT}_nchwc":
         return "output conv"
@@ -59,7 +69,8 @@ def kind(node: str, op: str) -> str:
 
 def profile(path: Path, feeds: dict[str, Any], *, threads: int, warmup: int, calls: int,
             workdir: Path) -> tuple[dict[tuple[str, str], float], float]:
-    """({(node, op): mean kernel ms per call}, median wall-clock ms per call) over `calls` profiled calls."""
+    """In ONNX Runtime: ({(node, op): mean kernel ms per call}, median wall-clock ms per call) over `calls` profiled
+    calls."""
     options = session_options(threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(workdir / "ort-profile")
@@ -80,12 +91,37 @@ def profile(path: Path, feeds: dict[str, Any], *, threads: int, warmup: int, cal
     return {key: total / runs for key, total in totals.items()}, sorted(walls)[len(walls) // 2]
 
 
+def profile_openvino(path: Path, feeds: dict[str, Any], *, precision: str, threads: int, warmup: int,
+                     calls: int) -> tuple[dict[tuple[str, str], float], float]:
+    """In OpenVINO at `precision` (its performance counters): as `profile`."""
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {**openvino_settings(precision, threads), "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    for _ in range(warmup):
+        request.infer(feeds)
+    totals: dict[tuple[str, str], float] = collections.defaultdict(float)
+    walls = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        request.infer(feeds)
+        walls.append((time.perf_counter() - start) * 1e3)
+        for node in request.profiling_info:
+            op = _ONNX_OPS.get(node.node_type, node.node_type)
+            totals[(node.node_name, op)] += node.real_time.total_seconds() * 1e3
+    return {key: total / calls for key, total in totals.items()}, sorted(walls)[len(walls) // 2]
+
+
 def tables(nodes: dict[tuple[str, str], float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """(ms per kind, {block: ms per kind}), blocks named `blocks.<i>` and `outside blocks`."""
     by_kind: dict[str, float] = collections.Counter()
     by_block: dict[str, dict[str, float]] = collections.defaultdict(collections.Counter)
+    direct_convs = frozenset(match.group(1) for node, op in nodes if op == "Conv"
+                             for match in [_DIRECT_CONV.match(node)] if match)
     for (node, op), ms in nodes.items():
-        work = kind(node, op)
+        work = kind(node, op, direct_convs)
         match = _BLOCK.match(node)
         by_kind[work] += ms
         by_block[f"blocks.{match.group(1)}" if match else "outside blocks"][work] += ms
@@ -97,11 +133,12 @@ def render(result: dict[str, Any]) -> str:
     total = sum(by_kind.values())
     kinds = sorted(by_kind, key=by_kind.get, reverse=True)
     setup, machine = result["setup"], result["machine"]
-    lines = [f"# Where the sparse export's time goes: {setup['preset']} {setup['size']}, ngf {setup['ngf']}, "
-             f"batch {setup['batch']}", "",
+    runtime = runtime_name(setup["runtime"], setup["precision"])
+    lines = [f"# Where the {setup['graph']} export's time goes in {runtime}: {setup['preset']} {setup['size']}, "
+             f"ngf {setup['ngf']}, batch {setup['batch']}", "",
              f"`{result['command']}`", "",
-             f"{machine['cpu']} ({machine['cpu_id']}), {machine['threads']} threads, ONNX Runtime "
-             f"{machine['versions'].get('onnxruntime')}, git {machine['git']}, {machine['date']}. Label maps: "
+             f"{machine['cpu']} ({machine['cpu_id']}), {machine['threads']} threads, {runtime_name(setup['runtime'])} "
+             f"{machine['versions'].get(setup['runtime'])}, git {machine['git']}, {machine['date']}. Label maps: "
              f"{setup['regions']} irregular regions (boundary share {setup['boundary_share']:.1%}). Mean kernel time "
              f"per call over {setup['calls']} profiled calls: {total:.1f} ms (median wall-clock per call "
              f"{result['wall_ms']:.1f} ms, the profiler's own cost included).", "",
@@ -119,6 +156,9 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results folder (profile.json, README.md)")
+    parser.add_argument("--graph", default="sparse", choices=("sparse", "sparse-bf16"))
+    parser.add_argument("--runtime", default=ONNXRUNTIME, choices=(ONNXRUNTIME, OPENVINO))
+    parser.add_argument("--precision", default=FP32, choices=CPU_PRECISIONS, help="OpenVINO's precision hint")
     parser.add_argument("--preset", default="ade20k")
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--size", type=int, default=256, help="height and width")
@@ -129,21 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--calls", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.runtime == ONNXRUNTIME and args.precision != FP32:
+        parser.error(f"--precision {args.precision} needs --runtime openvino: ONNX Runtime runs the graph at fp32")
     torch.set_num_threads(args.threads)
     config = generator_preset(args.preset, ngf=args.ngf)
     feeds = graph_feeds(config, args.batch, args.size, args.size, seed=args.seed + 1000 * args.batch,
                         regions=args.regions)
     with tempfile.TemporaryDirectory(prefix="spade-profile-") as temporary:
         workdir = Path(temporary)
-        path = export_generator_onnx(random_generator(config, seed=args.seed), workdir / "sparse.onnx",
-                                     height=args.size, width=args.size)
-        nodes, wall_ms = profile(path, feeds, threads=args.threads, warmup=args.warmup, calls=args.calls,
-                                 workdir=workdir)
+        path = export_generator_onnx(random_generator(config, seed=args.seed), workdir / f"{args.graph}.onnx",
+                                     height=args.size, width=args.size, graph=args.graph)
+        if args.runtime == OPENVINO:
+            nodes, wall_ms = profile_openvino(path, feeds, precision=args.precision, threads=args.threads,
+                                              warmup=args.warmup, calls=args.calls)
+        else:
+            nodes, wall_ms = profile(path, feeds, threads=args.threads, warmup=args.warmup, calls=args.calls,
+                                     workdir=workdir)
     by_kind, by_block = tables(nodes)
     words = argv if argv is not None else sys.argv[1:]
     result = {"command": " ".join(["python benchmarks/profile_sparse.py", *words]),
               "machine": describe_machine(args.threads),
-              "setup": {"preset": args.preset, "ngf": args.ngf, "size": f"{args.size}x{args.size}",
+              "setup": {"graph": args.graph, "runtime": args.runtime, "precision": args.precision,
+                        "preset": args.preset, "ngf": args.ngf, "size": f"{args.size}x{args.size}",
                         "batch": args.batch, "regions": args.regions, "seed": args.seed, "calls": args.calls,
                         "boundary_share": boundary_share(feeds[io_spec.LABEL])},
               "wall_ms": wall_ms, "by_kind": by_kind, "by_block": by_block,

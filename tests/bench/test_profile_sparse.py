@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from spade_deploy.export.precision import BF16, BF16_FLAGS, FP32, cpu_flags
+from spade_deploy.export.runtime import openvino_unavailable
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_sparse.py"
 
 
@@ -36,6 +39,15 @@ def test_kinds_follow_the_exporters_node_names(profile_sparse) -> None:
     assert kind("image_float_nchwc", "Conv") == "output conv"  # after a dense last block
     assert kind("/core/conv_img/MatMul", "MatMul") == "output conv"  # TapSumConv after a sparse one
     assert kind("/core/conv_img/Slice_3", "Slice") == "output conv"
+    # The transposes around a direct conv are layout; a Winograd conv's are its transforms
+    direct = frozenset({"/core/blocks.6/conv_0"})
+    assert kind("/core/blocks.6/conv_0/Transpose_1", "Transpose", direct) == "layout"
+    assert kind("/core/blocks.3/conv_0/Transpose_1", "Transpose", direct) == "winograd transforms"
+
+
+def test_openvino_node_types_are_read_as_onnx_ops(profile_sparse) -> None:
+    assert [profile_sparse._ONNX_OPS.get(op, op) for op in ("Convolution", "FullyConnected", "Gather", "Unique")] == \
+        ["Conv", "MatMul", "Gather", "Unique"]
 
 
 def test_a_tiny_run_writes_tables_that_add_up(profile_sparse, tmp_path: Path) -> None:
@@ -48,3 +60,25 @@ def test_a_tiny_run_writes_tables_that_add_up(profile_sparse, tmp_path: Path) ->
     assert sum(sum(kinds.values()) for kinds in result["by_block"].values()) == pytest.approx(total)
     assert result["machine"]["cpu_id"] and result["setup"]["size"] == "32x32"
     assert "| main conv |" in (tmp_path / "README.md").read_text()
+
+
+def test_a_tiny_openvino_run_at_bf16(profile_sparse, tmp_path: Path) -> None:
+    """The bf16 graph in OpenVINO (pinned to f32 where the CPU has no bf16 hardware: the tables are the same)."""
+    if openvino_unavailable():
+        pytest.skip(openvino_unavailable())
+    precision = BF16 if set(BF16_FLAGS) & cpu_flags() else FP32
+    assert profile_sparse.main(["--out", str(tmp_path), "--graph", "sparse-bf16", "--runtime", "openvino",
+                                "--precision", precision, "--ngf", "4", "--size", "32", "--calls", "2",
+                                "--warmup", "1"]) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    total = sum(node["ms"] for node in result["nodes"])
+    assert total > 0 and sum(result["by_kind"].values()) == pytest.approx(total)
+    assert result["by_kind"]["main conv"] > 0 and result["by_kind"]["label bookkeeping"] > 0
+    assert (tmp_path / "README.md").read_text().startswith(
+        f"# Where the sparse-bf16 export's time goes in OpenVINO {precision}: ade20k 32x32")
+
+
+def test_precision_needs_openvino(profile_sparse, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        profile_sparse.main(["--out", str(tmp_path), "--precision", "bf16"])
+    assert "--precision bf16 needs --runtime openvino" in capsys.readouterr().err

@@ -174,7 +174,7 @@ def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
 def test_the_bf16_graph_runs_exactly_in_openvino(tmp_path):
     """The bf16 graph (`sparse-bf16`: distinct windows by int32 keys, 1-D Unique only) in OpenVINO pinned to f32
     computes the eager function, on regions and on label noise (almost every 3x3 window distinct, keys of B5 rows
-    beyond the int32 range)."""
+    beyond 2**31), for a batch given image by image to the graph compiled for one."""
     if openvino_unavailable():
         pytest.skip(openvino_unavailable())
     config = SPARSE_VARIANTS[0][1]
@@ -185,6 +185,7 @@ def test_the_bf16_graph_runs_exactly_in_openvino(tmp_path):
     noise = np.random.default_rng(0).integers(0, config.label_nc, (2, 256, 256))
     regions = np.stack([label_maps(config.replace(crop_size=256))[kind] for kind in ("many-regions", "one-region")])
     session = OpenVinoSession(path, precision=FP32, threads=2)
+    assert session.per_image  # compiled for one image, a batch taken image by image
     for labels in (regions, noise):
         instances = np.stack([synthetic_instance_map(item) for item in labels])
         with torch.no_grad():
@@ -192,6 +193,9 @@ def test_the_bf16_graph_runs_exactly_in_openvino(tmp_path):
         feeds = io_spec.generator_feeds(config, 256, 256, labels, instances)
         image_float = session.run([io_spec.IMAGE_FLOAT], feeds)[0]
         assert np.abs(image_float - eager).max() <= TOLERANCE
+    with pytest.raises(ValueError, match=r"inputs must share one batch size of at least 1, got \{'label': 2, "
+                                         r"'instance': 1\}"):
+        session.run([io_spec.IMAGE_FLOAT], {**feeds, io_spec.INSTANCE: feeds[io_spec.INSTANCE][:1]})
 
 
 def test_other_spade_kernels_stay_dense():
