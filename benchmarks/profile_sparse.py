@@ -34,7 +34,7 @@ from spade_deploy.bench.inprocess import boundary_share, graph_feeds
 from spade_deploy.bench.machine import describe_machine
 from spade_deploy.export.onnx import export_generator_onnx
 from spade_deploy.export.precision import CPU_PRECISIONS, FP32, ONNXRUNTIME, OPENVINO, runtime_name
-from spade_deploy.export.runtime import make_session, openvino_settings, session_options
+from spade_deploy.export.runtime import make_session, openvino_settings, read_openvino_model, session_options
 from spade_deploy.files import atomic_path
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import generator_preset
@@ -97,8 +97,8 @@ def profile_openvino(path: Path, feeds: dict[str, Any], *, precision: str, threa
     import openvino
 
     core = openvino.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {**openvino_settings(precision, threads), "PERF_COUNT": True})
+    model, _ = read_openvino_model(core, path)  # as OpenVinoSession compiles it: for one image
+    compiled = core.compile_model(model, "CPU", {**openvino_settings(precision, threads), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     for _ in range(warmup):
         request.infer(feeds)
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runtime == ONNXRUNTIME and args.precision != FP32:
         parser.error(f"--precision {args.precision} needs --runtime openvino: ONNX Runtime runs the graph at fp32")
+    if args.runtime == OPENVINO and args.batch != 1:
+        parser.error(f"--runtime openvino runs a generator image by image (OpenVinoSession): profile --batch 1, "
+                     f"not {args.batch}")
     torch.set_num_threads(args.threads)
     config = generator_preset(args.preset, ngf=args.ngf)
     feeds = graph_feeds(config, args.batch, args.size, args.size, seed=args.seed + 1000 * args.batch,

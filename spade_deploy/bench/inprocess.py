@@ -28,6 +28,8 @@ measurement.
 from __future__ import annotations
 
 import gc
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -146,6 +148,24 @@ def measure(call: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     for _ in range(warmup):
         call()
     return Timing(tuple(timed_call(call)[1] for _ in range(repeats)))
+
+
+def take_turns(calls: dict[str, Callable[[], Any]], turns: int, seed: int = 0) -> dict[str, list[float]]:
+    """Latencies (ms) of `turns` calls of each, taken in turns in a shuffled order each turn, so that load drifting
+    over the run hits all alike: compare medians, or the median of the per-turn ratios (`turn_ratio`)."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    shuffler = random.Random(seed)
+    for _ in range(turns):
+        shuffler.shuffle(order)
+        for name in order:
+            latencies[name].append(timed_call(calls[name])[1])
+    return latencies
+
+
+def turn_ratio(latencies: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over turns of `name`'s latency / `baseline`'s (from `take_turns`)."""
+    return statistics.median(a / b for a, b in zip(latencies[name], latencies[baseline]))
 
 
 def boundary_share(labels: np.ndarray, instances: np.ndarray | None = None, radius: int = BOUNDARY_RADIUS) -> float:

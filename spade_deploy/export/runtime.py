@@ -68,6 +68,20 @@ def openvino_settings(precision: str | None, threads: int | None = None) -> dict
     return settings
 
 
+def read_openvino_model(core, path: Path):
+    """(the ONNX graph at `path` read by an `openvino.Core`, whether it was fixed to one image): a generator export
+    (the inputs of the generator contract, fixed but for the batch) gets a batch of 1 (see `OpenVinoSession`)."""
+    model = core.read_model(str(path))
+    shapes = {port.any_name: port.get_partial_shape() for port in model.inputs}
+    per_image = shapes.keys() <= {io_spec.LABEL, io_spec.INSTANCE, io_spec.Z} and all(
+        shape.rank.is_static and shape.rank.get_length() > 1 and shape[0].is_dynamic
+        and all(dimension.is_static for dimension in list(shape)[1:]) for shape in shapes.values())
+    if per_image:
+        model.reshape({name: [1, *[dimension.get_length() for dimension in list(shape)[1:]]]
+                       for name, shape in shapes.items()})
+    return model, per_image
+
+
 class OpenVinoSession:
     """An ONNX graph compiled by OpenVINO for the CPU (latency hint, `threads` caps its threads), with the `run` of
     an ONNX Runtime session. `precision` (FP32, BF16) pins OpenVINO's INFERENCE_PRECISION_HINT; None leaves its
@@ -89,14 +103,7 @@ class OpenVinoSession:
         import openvino
 
         core = openvino.Core()
-        model = core.read_model(str(path))
-        shapes = {port.any_name: port.get_partial_shape() for port in model.inputs}
-        self.per_image = shapes.keys() <= {io_spec.LABEL, io_spec.INSTANCE, io_spec.Z} and all(
-            shape.rank.is_static and shape.rank.get_length() > 1 and shape[0].is_dynamic
-            and all(dimension.is_static for dimension in list(shape)[1:]) for shape in shapes.values())
-        if self.per_image:
-            model.reshape({name: [1, *[dimension.get_length() for dimension in list(shape)[1:]]]
-                           for name, shape in shapes.items()})
+        model, self.per_image = read_openvino_model(core, path)
         self.compiled = core.compile_model(model, "CPU", openvino_settings(precision, threads))
         release_freed_heap()
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()

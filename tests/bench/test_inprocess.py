@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from spade_deploy.bench import runtimes
-from spade_deploy.bench.inprocess import Options, boundary_share, graph_feeds, run_inprocess
+from spade_deploy.bench.inprocess import (Options, boundary_share, graph_feeds, run_inprocess, take_turns,
+                                          turn_ratio)
 from spade_deploy.bench.machine import describe_machine, reset_peak_resident
 from spade_deploy.bench.report import section
 from spade_deploy.bench.runtimes import FAST, RUNTIMES, Runner, Runtime, Subject, onnxruntime_runner, select
@@ -197,3 +198,13 @@ def test_graph_feeds_use_the_contract_dtypes_and_every_label() -> None:
     assert feeds[io_spec.LABEL].dtype == model_io.input(io_spec.LABEL).dtype and feeds[io_spec.LABEL].shape == \
         (3, 64, 64)
     assert int(feeds[io_spec.LABEL].max()) < TINY_BENCH.num_label_channels
+
+
+def test_take_turns_times_each_call_once_per_turn_in_a_shuffled_order() -> None:
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    latencies = take_turns(calls, turns=20, seed=1)
+    assert {name: len(values) for name, values in latencies.items()} == {"a": 20, "b": 20, "c": 20}
+    turns = [order[index:index + 3] for index in range(0, 60, 3)]
+    assert all(sorted(turn) == ["a", "b", "c"] for turn in turns) and len({tuple(turn) for turn in turns}) > 1
+    assert turn_ratio({"x": [2.0, 6.0, 3.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0

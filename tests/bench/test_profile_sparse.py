@@ -78,7 +78,10 @@ def test_a_tiny_openvino_run_at_bf16(profile_sparse, tmp_path: Path) -> None:
         f"# Where the sparse-bf16 export's time goes in OpenVINO {precision}: ade20k 32x32")
 
 
-def test_precision_needs_openvino(profile_sparse, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_runtime_options_are_refused(profile_sparse, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         profile_sparse.main(["--out", str(tmp_path), "--precision", "bf16"])
     assert "--precision bf16 needs --runtime openvino" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        profile_sparse.main(["--out", str(tmp_path), "--runtime", "openvino", "--batch", "2"])
+    assert "runs a generator image by image (OpenVinoSession): profile --batch 1, not 2" in capsys.readouterr().err
