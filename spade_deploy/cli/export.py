@@ -40,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(onnx, graphs=ONNX_GRAPHS, default_graph=None, default_variant="cpu")
     onnx.add_argument("--precision", choices=(*CPU_PRECISIONS, FP16), default=FP32,
                       help="fp32: exact, the sparse graph in ONNX Runtime (default); bf16: OpenVINO at bf16 (pip "
-                           "install \"spade-deploy[openvino]\") with the graph measured fastest on this CPU (dense "
-                           "with AMX, sparse with AVX512-BF16 alone), its quality against float64 reported, not "
-                           "failed by --tolerance; on a CPU without bf16 hardware, fp32; fp16: see `export trt`")
+                           "install \"spade-deploy[openvino]\") with the sparse-bf16 graph, the fastest of ours "
+                           "there as measured, its quality against float64 reported, not failed by --tolerance; on a "
+                           "CPU without bf16 hardware, fp32; fp16: see `export trt`")
     onnx.set_defaults(run=run_onnx)
     trt = kinds.add_parser("trt", help="everything `onnx` does, with TensorRT engines",
                            description="Everything `export onnx` does, with TensorRT engines for the generator (and "

@@ -2,13 +2,16 @@
 
 `fp32` (the default) is exact: the boundary-sparse graph in ONNX Runtime, checked against the float64 model. `bf16`
 needs bf16 hardware (AMX, or AVX512-BF16) and runs in OpenVINO with its precision hint pinned to bf16, with our
-sparse graph, the fastest of ours there as measured (ADE20K 256x256, batch 1, OpenVINO at bf16): on a Xeon with AMX
-sparse 298 ms, the dense folded graph 558 ms (its label look-ups gain nothing from AMX), the plain model 230 ms (no
-look-ups at all: a gather-free folded graph is the candidate to beat it, not built yet); on AMD Zen 5 with
-AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain 378 ms — there slower than the exact fp32 export in ONNX
-Runtime (about 280 ms then; 246-251 ms after the F(4x4) Winograd convs, when bf16 took 322-344 ms; 224-253 ms after
-the shortcut and upsampling folds, bf16 314-342 ms), and the choice says so. A CPU without bf16 hardware gets fp32,
-and the choice says why.
+sparse graph in its bf16 form, the fastest of ours there as measured (ADE20K 256x256, batch 1, OpenVINO at bf16): on
+a Xeon with AMX, before the changes below, sparse 298 ms, the dense folded graph 558 ms (its label look-ups gain
+nothing from AMX), the plain model 230 ms; on AMD Zen 5 with AVX512-BF16 alone sparse 323 ms, dense 457 ms, plain
+378 ms, slower then than the exact fp32 export in ONNX Runtime (224-253 ms). Two costs of OpenVINO's were most of
+that: its Unique of rows (45 % of the bf16 graph's time; the bf16 graph tells windows apart by int32 keys instead,
+`spade_deploy.export.sparse.distinct_rows`) and the transposes around channels-last convs that it keeps with a
+dynamic batch (`OpenVinoSession` compiles for one image). Since, on that Zen 5: 156 ms at 47.7 dB from float64,
+against OpenVINO's bf16 default of the plain model 359 ms at 42.2 dB and the fp32 export 243 ms
+(benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-openvino-unique). A CPU without bf16 hardware gets fp32, and the
+choice says why.
 At bf16 the sparse graph keeps batch norm as a per-channel step before each modulation and runs its convs direct
 (`sparse-bf16`): folded into the modulation, `x·A + B` cancels in bf16 where a norm's mean is large against its
 deviation, and Winograd's transforms add rounding. OpenVINO bf16, ADE20K 256x256 on Zen 5, against float64: the plain
@@ -86,8 +89,7 @@ def choose(precision: str, flags: set[str] | None = None) -> Choice:
         return Choice("sparse", FP32, ONNXRUNTIME, "(this CPU has no bf16 hardware: neither amx_bf16 nor avx512_bf16)")
     if "amx_bf16" in flags:
         return Choice("sparse-bf16", BF16, OPENVINO, "on AMX")
-    return Choice("sparse-bf16", BF16, OPENVINO, "on AVX512-BF16 (no AMX; measured on AMD Zen 5: slower than the exact "
-                                                 "fp32 export)")
+    return Choice("sparse-bf16", BF16, OPENVINO, "on AVX512-BF16 (no AMX)")
 
 
 def fastest_choice(flags: set[str], openvino_installed: bool) -> Choice:
