@@ -15,7 +15,7 @@ from torch import nn
 
 from spade_deploy.export.fold import fold_encoder, fold_generator
 from spade_deploy.export.metadata import GRAPHS
-from spade_deploy.export.sparse import EVERY_ROW, KEYS, sparse_generator
+from spade_deploy.export.sparse import DENSE_BELOW_BF16, EVERY_ROW, KEYS, sparse_generator
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.networks import ConvEncoder, SPADEGenerator
@@ -71,8 +71,9 @@ BUILDERS: dict[str, Builder] = {
     "sparse": lambda generator, height, width: sparse_generator(generator, height, width),
     # bf16 runs in OpenVINO: windows told apart by int32 keys. Winograd's transforms round in bf16 too, and its
     # larger weights cost OpenVINO memory (see precision.py).
-    "sparse-bf16": lambda generator, height, width: sparse_generator(generator, height, width, deduplicate=KEYS,
-                                                                     normalize_first=True, winograd_up_to=0),
+    "sparse-bf16": lambda generator, height, width: sparse_generator(generator, height, width, DENSE_BELOW_BF16,
+                                                                     deduplicate=KEYS, normalize_first=True,
+                                                                     winograd_up_to=0),
     # TensorRT cannot build Unique and picks its own conv algorithms (Winograd among them).
     "sparse-tensorrt": lambda generator, height, width: sparse_generator(generator, height, width,
                                                                          deduplicate=EVERY_ROW, winograd_up_to=0),

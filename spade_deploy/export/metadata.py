@@ -26,10 +26,10 @@ TOLERANCE = 1e-4  # max |delta| of every export against eager PyTorch on image_f
 GRAPHS: dict[str, str] = {
     "sparse": "boundary-sparse SPADE modulation, one row per distinct label window, Winograd main convs up to "
               "128 px (fewest operations, for CPUs; ONNX Unique, NonZero, Gather)",
-    "sparse-bf16": "boundary-sparse for OpenVINO at bf16: batch norm as a per-channel step of its own before each "
-                   "modulation and direct convs, as bf16 needs (folded into the modulation, x·A + B cancels in bf16 "
-                   "where a norm's mean is large; Winograd's transforms round too), and the distinct windows found "
-                   "by 1-D Unique of int32 keys (OpenVINO's Unique of rows is slow)",
+    "sparse-bf16": "boundary-sparse from 32 px, for OpenVINO at bf16: batch norm as a per-channel step of its own "
+                   "before each modulation and direct convs, as bf16 needs (folded into the modulation, x·A + B "
+                   "cancels in bf16 where a norm's mean is large; Winograd's transforms round too), and the distinct "
+                   "windows found by 1-D Unique of int32 keys (OpenVINO's Unique of rows is slow)",
     "sparse-tensorrt": "boundary-sparse without the window deduplication and direct convs: no ONNX Unique, so "
                        "TensorRT builds it",
     "dense": "folded only (every op dense)",

@@ -15,11 +15,12 @@ from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.export.fold import FoldedGenerator, upsample_last
 from spade_deploy.model.tensors import to_semantic_input
+from spade_deploy.export.graphs import generator_graph
 from spade_deploy.export.onnx import OPSET, export_generator_onnx
 from spade_deploy.export.precision import FP32
 from spade_deploy.export.runtime import OnnxGenerator, OpenVinoSession, make_session, openvino_unavailable
-from spade_deploy.export.sparse import (EVERY_ROW, KEYS, ROWS, Level, PointwiseConv, SparseResBlock, TapSumConv,
-                                        distinct_rows, sparse_generator, times, winograd_tile)
+from spade_deploy.export.sparse import (DENSE_BELOW_BF16, EVERY_ROW, KEYS, ROWS, Level, PointwiseConv, SparseResBlock,
+                                        TapSumConv, distinct_rows, sparse_generator, times, winograd_tile)
 from spade_deploy.model.synthetic import random_generator, synthetic_instance_map, synthetic_label_map
 from spade_deploy.export.winograd import WinogradConv3x3
 from tests.export.test_fold import VARIANTS
@@ -169,6 +170,15 @@ def test_sparse_onnx_runs_the_sparse_ops_in_onnx_runtime(tmp_path):
         assert ("Unique" in ops) == unique_op
         _, image_float = OnnxGenerator(path)(labels, instances)
         assert np.abs(image_float - eager).max() <= TOLERANCE
+
+
+def test_the_bf16_graph_is_sparse_from_32_px_with_int32_keys():
+    generator = random_generator(SPARSE_VARIANTS[0][1], seed=2)
+    core = generator_graph(generator, graph="sparse-bf16", height=256, width=256).core
+    sizes = [256 // factor for factor in core.factors]
+    assert [isinstance(block, SparseResBlock) for block in core.blocks] == [size >= DENSE_BELOW_BF16 for size in sizes]
+    assert {block.deduplicate for block in core.blocks if isinstance(block, SparseResBlock)} == {KEYS}
+    assert 16 in sizes and DENSE_BELOW_BF16 == 32
 
 
 def test_the_bf16_graph_runs_exactly_in_openvino(tmp_path):
