@@ -8,10 +8,10 @@ nothing from AMX), the plain model 230 ms; on AMD Zen 5 with AVX512-BF16 alone s
 378 ms, slower then than the exact fp32 export in ONNX Runtime (224-253 ms). Two costs of OpenVINO's were most of
 that: its Unique of rows (45 % of the bf16 graph's time; the bf16 graph tells windows apart by int32 keys instead,
 `spade_deploy.export.sparse.distinct_rows`) and the transposes around channels-last convs that it keeps with a
-dynamic batch (`OpenVinoSession` compiles for one image). Since, on that Zen 5: 156 ms at 47.7 dB from float64,
-against OpenVINO's bf16 default of the plain model 359 ms at 42.2 dB and the fp32 export 243 ms
-(benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-openvino-unique). A CPU without bf16 hardware gets fp32, and the
-choice says why.
+dynamic batch (`OpenVinoSession` compiles for one image); its blocks below 32 px now run dense. Since, on that
+Zen 5: 150 ms at 47.8 dB from float64, against OpenVINO's bf16 default of the plain model 373 ms at 42.2 dB and the
+fp32 export 251 ms (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-openvino-unique). A CPU without bf16 hardware
+gets fp32, and the choice says why.
 At bf16 the sparse graph keeps batch norm as a per-channel step before each modulation and runs its convs direct
 (`sparse-bf16`): folded into the modulation, `x·A + B` cancels in bf16 where a norm's mean is large against its
 deviation, and Winograd's transforms add rounding. OpenVINO bf16, ADE20K 256x256 on Zen 5, against float64: the plain

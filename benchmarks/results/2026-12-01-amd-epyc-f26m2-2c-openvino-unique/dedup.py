@@ -1,9 +1,9 @@
 """The two ways of finding the distinct label windows (`spade_deploy.export.sparse.distinct_rows`: ROWS, ONNX Unique
-of the rows; KEYS, 1-D Unique of int32 keys), each in the bf16 graph (`sparse-bf16`'s other choices) and the fp32
-graph (`sparse`'s), ADE20K 256x256 (random weights with calibrated batch-norm statistics, seed 0; one 16-region map;
-2 threads): p50 of calls taken in shuffled turns in one process, per runtime (the bf16 graphs in OpenVINO at bf16,
-the fp32 graphs in ONNX Runtime and in OpenVINO pinned to f32), the ratio KEYS / ROWS of the same turns, and the
-largest difference between the two outputs.
+of the rows; KEYS, 1-D Unique of int32 keys), each in the bf16 graph (`sparse-bf16`'s other choices; dense below
+16 px, as it was then) and the fp32 graph (`sparse`'s), ADE20K 256x256 (random weights with calibrated batch-norm
+statistics, seed 0; one 16-region map; 2 threads): p50 of calls taken in shuffled turns in one process, per runtime
+(the bf16 graphs in OpenVINO at bf16, the fp32 graphs in ONNX Runtime and in OpenVINO pinned to f32), the ratio
+KEYS / ROWS of the same turns, and the largest difference between the two outputs.
 
     .venv/bin/python benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-openvino-unique/dedup.py [--turns 12]
 """
