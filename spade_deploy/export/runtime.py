@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -68,9 +69,10 @@ def openvino_settings(precision: str | None, threads: int | None = None) -> dict
     return settings
 
 
-def read_openvino_model(core, path: Path):
-    """(the ONNX graph at `path` read by an `openvino.Core`, whether it was fixed to one image): a generator export
-    (the inputs of the generator contract, fixed but for the batch) gets a batch of 1 (see `OpenVinoSession`)."""
+def read_openvino_model(core: Any, path: Path) -> tuple[Any, bool]:
+    """(the ONNX graph at `path` read by `core`, an `openvino.Core`, as an `openvino.Model`; whether it was fixed to
+    one image): a generator export (the inputs of the generator contract, fixed but for the batch) gets a batch of 1
+    (see `OpenVinoSession`)."""
     model = core.read_model(str(path))
     shapes = {port.any_name: port.get_partial_shape() for port in model.inputs}
     per_image = shapes.keys() <= {io_spec.LABEL, io_spec.INSTANCE, io_spec.Z} and all(
