@@ -93,7 +93,7 @@ class OpenVinoSession:
     A generator export (the inputs of the generator contract, fixed but for the batch) is compiled for one image and
     runs a batch image by image (`self.per_image`): with static shapes OpenVINO folds the transposes around our
     channels-last graphs' convs into its own layout reorders, which it does not with a dynamic batch (ADE20K
-    256x256: the bf16 graph 20 % faster, the fp32 sparse graph 10 %, the plain model 2 %;
+    256x256: the bf16 graph 18-20 % faster, the fp32 sparse graph 2-6 %, the plain model 2 %;
     benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-openvino-unique). Each image of a batch is computed on its own
     in every graph anyway."""
 

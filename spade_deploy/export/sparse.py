@@ -41,7 +41,7 @@ from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
 # ADE20K 256x256 chose it).
 DENSE_BELOW = 16
 # The bf16 graph in OpenVINO: dense below 32 px, where OpenVINO's bf16 convs cost less than the bookkeeping (ADE20K
-# 256x256 on AMD Zen 5, AVX512-BF16: 0.962-0.979 of the time with dense below 16 px in three same-process runs, 47.8
+# 256x256 on AMD Zen 5, AVX512-BF16: 0.962-0.979 of the time with dense below 16 px in four same-process runs, 47.8
 # against 47.7 dB from float64; below 64 px 0.975-0.999). With AMX, dense convs are cheaper still.
 DENSE_BELOW_BF16 = 32
 # Sparse blocks at most this size (shorter side) run their main 3x3 convs as Winograd convs
