@@ -34,7 +34,7 @@ from spade_deploy.export.fold import (LEAKY_SLOPE, FoldedGenerator, FoldedResBlo
                                       to_channels_last, upsample_last)
 from spade_deploy.export.winograd import WinogradConv3x3, check_same_3x3
 from spade_deploy.model.config import GeneratorConfig
-from spade_deploy.model.networks import SPADE, SPADEGenerator, SPADEResBlock
+from spade_deploy.model.networks import SPADEGenerator, SPADEResBlock
 
 # Blocks whose label map is smaller than this (on its shorter side) run dense: there nearly every pixel is near a
 # label boundary and the sparse bookkeeping costs about what it saves (8, 16 and 32 px measure alike; A/B runs on
@@ -210,14 +210,13 @@ class SparseModulation(nn.Module):
     """One SPADE as `norm(x) * A + B`, A and B `PixelTable`s (each its own table: the look-ups need them apart,
     and slicing one [2C] table would copy it). `input_bias` b is a per-channel bias the SPADE's input still lacks
     (the conv before it leaves it out), taken in here: `(x + b) A + B = x A + (B + b A)`, or into the batch-norm step
-    where `normalize_first` keeps one (`fold.Modulation`)."""
+    where the dense modulation keeps one (`fold.Modulation`'s `normalize_first`)."""
 
-    def __init__(self, spade: SPADE, class_actv: torch.Tensor, input_bias: torch.Tensor | None = None,
-                 upsample: bool = False, normalize_first: bool = False) -> None:
-        # upsample: x comes at half the size, to be upsampled (`times`)
+    def __init__(self, dense: Modulation, class_actv: torch.Tensor, input_bias: torch.Tensor | None = None,
+                 upsample: bool = False) -> None:
+        # dense: the SPADE folded as in the dense graph. upsample: x comes at half the size, to be upsampled (`times`)
         super().__init__()
         self.upsample = upsample
-        dense = Modulation(spade, normalize_first)
         self.norm = _batch_norm_step(dense, input_bias)
         scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(dense)
         if input_bias is not None and self.norm is None:
@@ -240,11 +239,10 @@ class SparseShortcut(nn.Module):
     inputs (half as many in the generator's up blocks), and no `+ B` pass runs on the C channels. `output_bias` is a
     bias of the block's other branch added here too (the Winograd conv_1 leaves it out)."""
 
-    def __init__(self, spade: SPADE, conv: nn.Conv2d, class_actv: torch.Tensor, output_bias: torch.Tensor | None = None,
-                 upsample: bool = False, normalize_first: bool = False) -> None:
+    def __init__(self, dense: Modulation, conv: nn.Conv2d, class_actv: torch.Tensor,
+                 output_bias: torch.Tensor | None = None, upsample: bool = False) -> None:
         super().__init__()
         self.upsample = upsample
-        dense = Modulation(spade, normalize_first)
         self.norm = _batch_norm_step(dense)
         scale_taps, scale_bias, shift_taps, shift_bias = _spade_taps(dense)
         self.conv = PointwiseConv(conv)
@@ -287,7 +285,7 @@ class SparseResBlock(nn.Module):
         # normalize_first: batch norm as a step of its own before each modulation (`fold.Modulation`).
         super().__init__()
         self.upsamples = upsample
-        dense = FoldedResBlock(block, config)
+        dense = FoldedResBlock(block, config, normalize_first)
         num_labels = config.num_label_channels
         self.hidden = config.spade_hidden
         self.deduplicate = deduplicate
@@ -314,13 +312,11 @@ class SparseResBlock(nn.Module):
             self.conv_0 = WinogradConv3x3(dense.conv_0, *winograd, bias=False)
             bias_1 = dense.conv_1.bias if self.learned_shortcut else None
             self.conv_1 = WinogradConv3x3(dense.conv_1, *winograd, bias=not self.learned_shortcut)
-        self.mod_0 = SparseModulation(block.norm_0, actvs[0], upsample=upsample, normalize_first=normalize_first)
-        self.mod_1 = SparseModulation(block.norm_1, actvs[1],
-                                      input_bias=None if self.instance_norm_eps is not None else bias_0,
-                                      normalize_first=normalize_first)
+        self.mod_0 = SparseModulation(dense.mod_0, actvs[0], upsample=upsample)
+        self.mod_1 = SparseModulation(dense.mod_1, actvs[1],
+                                      input_bias=None if self.instance_norm_eps is not None else bias_0)
         if self.learned_shortcut:
-            self.mod_s = SparseShortcut(block.norm_s, dense.conv_s, actvs[2], output_bias=bias_1, upsample=upsample,
-                                        normalize_first=normalize_first)
+            self.mod_s = SparseShortcut(dense.mod_s, dense.conv_s, actvs[2], output_bias=bias_1, upsample=upsample)
 
     def prepare(self, labels: torch.Tensor, edge: torch.Tensor | None) -> Level:
         return Level(labels, edge, self.num_labels, self.deduplicate)

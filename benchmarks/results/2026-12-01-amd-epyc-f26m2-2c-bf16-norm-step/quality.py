@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 GRAPHS = ("plain", "dense", "sparse", "sparse-bf16")
@@ -26,7 +25,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from spade_deploy.bench.inprocess import graph_feeds
+    from spade_deploy.bench.inprocess import graph_feeds, take_turns
     from spade_deploy.bench.machine import describe_machine
     from spade_deploy.export.onnx import export_generator_onnx
     from spade_deploy.export.parity import float64_copy, quality
@@ -60,17 +59,10 @@ def main() -> None:
                            "max_abs_diff": measured.max_abs_diff, "within_1_level": measured.within_1_level,
                            "within_2_levels": measured.within_2_levels,
                            "fp32_onnxruntime_max_abs_diff": float(np.abs(exact - reference).max())}
-        times: dict[str, list[float]] = {graph: [] for graph in GRAPHS}
-        order = list(GRAPHS)
-        shuffler = random.Random(0)
-        for _ in range(turns):
-            shuffler.shuffle(order)
-            for graph in order:
-                began = time.perf_counter()
-                sessions[graph].run([io_spec.IMAGE_FLOAT], feeds)
-                times[graph].append(time.perf_counter() - began)
+        times = take_turns({graph: partial(sessions[graph].run, [io_spec.IMAGE_FLOAT], feeds) for graph in GRAPHS},
+                           turns)
     for graph in GRAPHS:
-        rows[graph]["p50_ms"] = 1000 * statistics.median(times[graph])
+        rows[graph]["p50_ms"] = statistics.median(times[graph])
     print(json.dumps({"machine": describe_machine(2), "turns": turns, "rows": rows,
                       "norm_mean_over_deviation": {name: {"median": float(ratio.median()), "max": float(ratio.max())}
                                                    for name, ratio in norms.items()}}, indent=1))

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 CHILD = """
@@ -55,7 +54,7 @@ else:
 def speed(path: Path, turns: int) -> dict[str, float]:
     import onnxruntime as ort
 
-    from spade_deploy.bench.inprocess import graph_feeds
+    from spade_deploy.bench.inprocess import graph_feeds, take_turns, turn_ratio
     from spade_deploy.export.runtime import session_options
     from spade_deploy.model import io_spec
     from spade_deploy.model.config import generator_preset
@@ -68,17 +67,10 @@ def speed(path: Path, turns: int) -> dict[str, float]:
         sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         for _ in range(2):
             sessions[name].run([io_spec.IMAGE_FLOAT], feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    order = list(sessions)
-    shuffler = random.Random(0)
-    for _ in range(turns):
-        shuffler.shuffle(order)
-        for name in order:
-            began = time.perf_counter()
-            sessions[name].run([io_spec.IMAGE_FLOAT], feeds)
-            times[name].append(time.perf_counter() - began)
-    return {f"{name} ms": 1000 * statistics.median(values) for name, values in times.items()} | {
-        f"{name} / on": statistics.median(a / b for a, b in zip(values, times["on"])) for name, values in times.items()}
+    times = take_turns({name: partial(session.run, [io_spec.IMAGE_FLOAT], feeds)
+                        for name, session in sessions.items()}, turns)
+    return {f"{name} ms": statistics.median(values) for name, values in times.items()} | {
+        f"{name} / on": turn_ratio(times, name, "on") for name in times}
 
 
 def ade20k_exports(folder: Path) -> Iterator[tuple[str, Path]]:
