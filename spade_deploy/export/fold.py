@@ -86,13 +86,35 @@ def _label_conv(convs: list[nn.Conv2d], config: GeneratorConfig) -> LabelConv:
     return LabelConv(weight, bias, config.num_label_channels, config.use_instance)
 
 
+class ChannelAffine(nn.Module):
+    """`x * scale + shift` per channel, batch norm as a step of its own (`Modulation`'s `normalize_first`), on
+    channels-first `[N, C, h, w]` tensors or, `channels_last`, on `[N, h, w, C]` ones."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool = False) -> None:
+        super().__init__()
+        shape = (-1,) if channels_last else (-1, 1, 1)
+        self.register_buffer("scale", scale.detach().float().reshape(shape))
+        self.register_buffer("shift", shift.detach().float().reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+    def channels_last(self, input_bias: torch.Tensor | None = None) -> ChannelAffine:
+        """The same step on channels-last tensors, taking in a per-channel bias b its input still lacks:
+        `(x + b) s + t = x s + (t + b s)` (computed in float64)."""
+        scale, shift = self.scale.double().flatten(), self.shift.double().flatten()
+        if input_bias is not None:
+            shift = shift + input_bias.detach().double() * scale
+        return ChannelAffine(scale, shift, channels_last=True)
+
+
 class Modulation(nn.Module):
     """`norm(x) * A + B` with `[A, B] = conv(actv)`: one SPADE with its gamma/beta convs merged.
 
     Batch norm is folded into the conv (`A = s(1 + gamma)`, `B = t(1 + gamma) + beta`, `s = 1/sqrt(var + eps)`,
     `t = -mean·s`), leaving no normalisation; instance norm stays and the `1 +` moves into A's bias.
     `normalize_first` keeps batch norm as a per-channel step `x·s + t` before `A = 1 + gamma`, `B = beta`
-    (`pre_scale`, `pre_shift`): the same function at one more pass, for reduced precision, where the folded form
+    (`batch_norm`, a `ChannelAffine`): the same function at one more pass, for reduced precision, where the folded form
     cancels (`x·A` and `B` large and opposite where the mean is large against the deviation) and a runtime fuses the
     step into the op before it (OpenVINO at bf16, ADE20K 256x256: 43.4 dB against 38.4 dB for the dense graph).
     """
@@ -103,8 +125,7 @@ class Modulation(nn.Module):
         w_gamma, b_gamma = spade.mlp_gamma.weight.detach().double(), spade.mlp_gamma.bias.detach().double()
         w_beta, b_beta = spade.mlp_beta.weight.detach().double(), spade.mlp_beta.bias.detach().double()
         self.instance_norm = isinstance(norm, nn.InstanceNorm2d)
-        self.register_buffer("pre_scale", None)
-        self.register_buffer("pre_shift", None)
+        self.batch_norm = None
         if self.instance_norm:
             self.eps = norm.eps
             scale, shift = torch.ones_like(b_gamma), torch.zeros_like(b_gamma)
@@ -112,7 +133,7 @@ class Modulation(nn.Module):
             scale = 1.0 / torch.sqrt(norm.running_var.double() + norm.eps)
             shift = -norm.running_mean.double() * scale
             if normalize_first:
-                self.pre_scale, self.pre_shift = scale.float().view(1, -1, 1, 1), shift.float().view(1, -1, 1, 1)
+                self.batch_norm = ChannelAffine(scale, shift)
                 scale, shift = torch.ones_like(scale), torch.zeros_like(shift)
         w_a = w_gamma * scale.view(-1, 1, 1, 1)
         b_a = b_gamma * scale + scale
@@ -124,8 +145,8 @@ class Modulation(nn.Module):
         scale, shift = self.affine(actv).chunk(2, dim=1)
         if self.instance_norm:
             x = F.instance_norm(x, eps=self.eps)
-        elif self.pre_scale is not None:
-            x = x * self.pre_scale + self.pre_shift
+        elif self.batch_norm is not None:
+            x = self.batch_norm(x)
         return x * scale + shift
 
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spade_deploy.export.fold import (LEAKY_SLOPE, FoldedGenerator, FoldedResBlock, Modulation, to_channels_first,
-                                      to_channels_last, upsample_last)
+from spade_deploy.export.fold import (LEAKY_SLOPE, ChannelAffine, FoldedGenerator, FoldedResBlock, Modulation,
+                                      to_channels_first, to_channels_last, upsample_last)
 from spade_deploy.export.winograd import WinogradConv3x3, check_same_3x3
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.networks import SPADEGenerator, SPADEResBlock
@@ -112,6 +112,12 @@ class Level:
                                     labels.flatten()).view(batch, height, width)
 
 
+def check_deduplicate(deduplicate: str) -> None:
+    """Raise unless `deduplicate` is one of DEDUPLICATIONS."""
+    if deduplicate not in DEDUPLICATIONS:
+        raise ValueError(f"deduplicate must be one of {list(DEDUPLICATIONS)}, got {deduplicate!r}")
+
+
 def distinct_rows(rows: torch.Tensor, bases: list[int | None], deduplicate: str = ROWS
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the distinct rows of `rows` [P, C] (int64; column c in [0, bases[c]), or bounded by the data where None), the
@@ -124,8 +130,7 @@ def distinct_rows(rows: torch.Tensor, bases: list[int | None], deduplicate: str 
     0.2-0.6 ms). An index is below P, so a key stays in range while P times a column's base is below 2**31 (P below
     14 million rows for 151 labels); where int32 products wrap beyond that, equal keys may stand for different rows:
     every row is compared with its key's row, and if any differs, every row is kept as its own (exact, slower)."""
-    if deduplicate not in DEDUPLICATIONS:
-        raise ValueError(f"deduplicate must be one of {list(DEDUPLICATIONS)}, got {deduplicate!r}")
+    check_deduplicate(deduplicate)
     every = torch.arange(rows.shape[0])
     if deduplicate == EVERY_ROW:
         return rows, every
@@ -183,27 +188,10 @@ def _spade_taps(dense: Modulation) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return taps[:, :, :c], bias[:c], taps[:, :, c:], bias[c:]
 
 
-class ChannelAffine(nn.Module):
-    """`x * scale + shift` per channel, channels last: batch norm as a step of its own (`normalize_first`)."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale.detach().flatten().float())
-        self.register_buffer("shift", shift.detach().flatten().float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
 def _batch_norm_step(dense: Modulation, input_bias: torch.Tensor | None = None) -> ChannelAffine | None:
-    """The batch-norm step a `normalize_first` modulation keeps (None where it folds it), taking in a per-channel
-    bias b of its input: `(x + b) s + t = x s + (t + b s)`."""
-    if dense.pre_scale is None:
-        return None
-    scale, shift = dense.pre_scale.double().flatten(), dense.pre_shift.double().flatten()
-    if input_bias is not None:
-        shift = shift + input_bias.detach().double() * scale
-    return ChannelAffine(scale, shift)
+    """The batch-norm step a `normalize_first` modulation keeps, channels last and taking in a per-channel bias of its
+    input (None where the modulation folds batch norm)."""
+    return None if dense.batch_norm is None else dense.batch_norm.channels_last(input_bias)
 
 
 class SparseModulation(nn.Module):
@@ -284,6 +272,7 @@ class SparseResBlock(nn.Module):
         # takes its input at half its size and upsamples it (nearest 2x) itself, inside the ops that read it.
         # normalize_first: batch norm as a step of its own before each modulation (`fold.Modulation`).
         super().__init__()
+        check_deduplicate(deduplicate)  # here, not first when the graph runs
         self.upsamples = upsample
         dense = FoldedResBlock(block, config, normalize_first)
         num_labels = config.num_label_channels
@@ -414,6 +403,7 @@ def sparse_generator(generator: SPADEGenerator, height: int | None = None, width
     main 3x3 convs of sparse blocks at most `winograd_up_to` on their shorter side run as Winograd convs
     (`winograd_tile`); 0 turns it off.
     `normalize_first` keeps batch norm as a step of its own before each modulation, for bf16 (`fold.Modulation`)."""
+    check_deduplicate(deduplicate)
     graph = FoldedGenerator(generator, normalize_first)
     if generator.config.spade_kernel != 3:
         warnings.warn(f"the sparse graph needs 3x3 SPADE kernels; this model's are {generator.config.spade_kernel}x"

@@ -108,6 +108,12 @@ def test_windows_are_deduplicated():
     assert len(rows.b5_rows) == len(keys.b5_rows) < len(every.b5_rows)
 
 
+def test_unknown_deduplication_is_refused_when_the_graph_is_built():
+    generator = random_generator(SPARSE_VARIANTS[0][1], seed=2)
+    with pytest.raises(ValueError, match=r"deduplicate must be one of \['rows', 'keys', 'every-row'\], got 'hash'"):
+        sparse_generator(generator, dense_below=1, deduplicate="hash")
+
+
 @pytest.mark.parametrize("bases", [[152] * 9, [152] * 9 + [2] * 9, [None] * 9, [2] * 9])
 def test_distinct_rows_by_keys(bases):
     """Keys built column by column (a bound per column, or the data's) find the rows' distinct rows; bases too small
