@@ -7,7 +7,6 @@ model description (`spade_model` parameter) gives the label range to check, and 
 run may use. One response per request: a bad request (or one above the memory budget) gets an error response and the
 instance keeps serving. Once loaded, the instance beats for the supervisor (`spade_deploy.serve.heartbeat`).
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,12 @@ import triton_python_backend_utils as pb_utils
 
 from spade_deploy.export.precision import FP32, runtime_for, runtime_name
 from spade_deploy.export.runtime import open_session
-from spade_deploy.serve.heartbeat import Heartbeat
-from spade_deploy.serve.served_model import (INTRA_OP_THREADS, PRECISION, ServedModel, check_request,
-                                             runs_within_budget)
+from spade_deploy.serve.served_model import INTRA_OP_THREADS, PRECISION, check_request, runs_within_budget
+from spade_deploy.serve.triton_models.base import BeatingModel, error_response
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.model = ServedModel.from_model_config(config)
+class TritonPythonModel(BeatingModel):
+    def load(self, config, args):
         threads = int(config["parameters"][INTRA_OP_THREADS]["string_value"])
         precision = config["parameters"].get(PRECISION, {}).get("string_value", FP32)
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
@@ -34,13 +30,8 @@ class TritonPythonModel:
                                      f"this CPU (no {precision} hardware)")
         self.outputs = {spec["name"]: pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, spec["name"])["data_type"]) for spec in config["output"]}
-        self.heartbeat = Heartbeat()
 
-    def execute(self, requests):
-        with self.heartbeat.busy():
-            return self._execute(requests)
-
-    def _execute(self, requests):
+    def run(self, requests):
         responses = [None] * len(requests)
         # Requests run as one ONNX batch when their items have the same shapes (styles may differ in size) and the
         # batch stays within the memory budget (each request alone does: check_request).
@@ -50,7 +41,7 @@ class TritonPythonModel:
             try:
                 check_request(arrays, self.model)
             except ValueError as error:
-                responses[index] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+                responses[index] = error_response(str(error), pb_utils.TritonError.INVALID_ARG)
                 continue
             key = tuple((name, array.shape[1:]) for name, array in arrays.items())
             groups.setdefault(key, []).append((index, arrays))
@@ -60,7 +51,7 @@ class TritonPythonModel:
                 results = self.session.run(list(self.outputs), feed)
             except Exception as error:  # the runtime failed on this batch: answer it, keep the instance alive
                 for index, _ in members:
-                    responses[index] = _error(f"{self.runtime} failed: {error}", pb_utils.TritonError.INTERNAL)
+                    responses[index] = error_response(f"{self.runtime} failed: {error}", pb_utils.TritonError.INTERNAL)
                 continue
             start = 0
             for index, arrays in members:
@@ -72,9 +63,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.heartbeat.stop()
+        super().finalize()
         self.session = None
-
-
-def _error(message, code):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

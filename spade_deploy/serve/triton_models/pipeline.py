@@ -18,7 +18,6 @@ refused before any call, and a dynamic batch of accepted requests goes to the ge
 No torch here (spade_deploy.model.sampling draws with numpy): the stub process stays small and starts fast. Once
 loaded, the instance beats for the supervisor (`spade_deploy.serve.heartbeat`).
 """
-import json
 import secrets
 
 import numpy as np
@@ -26,23 +25,16 @@ import triton_python_backend_utils as pb_utils
 
 from spade_deploy.model import io_spec
 from spade_deploy.model.sampling import style_or_seed_latent
-from spade_deploy.serve.heartbeat import Heartbeat
-from spade_deploy.serve.served_model import ServedModel, check_request, runs_within_budget
+from spade_deploy.serve.served_model import check_request, runs_within_budget
+from spade_deploy.serve.triton_models.base import BeatingModel, error_response
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.model = ServedModel.from_model_config(config)
+class TritonPythonModel(BeatingModel):
+    def load(self, config, args):
         self.image_dtype = pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, io_spec.IMAGE)["data_type"])
-        self.heartbeat = Heartbeat()
 
-    def execute(self, requests):
-        with self.heartbeat.busy():
-            return self._execute(requests)
-
-    def _execute(self, requests):
+    def run(self, requests):
         responses = [None] * len(requests)
         accepted = []  # (request index, generator inputs)
         for index, request in enumerate(requests):
@@ -57,18 +49,15 @@ class TritonPythonModel:
                 if self.model.config.use_vae:
                     feed[io_spec.Z] = self._latents(arrays)
             except ValueError as error:
-                responses[index] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+                responses[index] = error_response(str(error), pb_utils.TritonError.INVALID_ARG)
                 continue
             except StageError as error:
-                responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
+                responses[index] = error_response(str(error), pb_utils.TritonError.INTERNAL)
                 continue
             accepted.append((index, feed))
         for run in runs_within_budget(accepted, self.model):
             self._generate(run, responses)
         return responses
-
-    def finalize(self):
-        self.heartbeat.stop()
 
     def _generate(self, run, responses):
         """One generator call for these accepted requests (the dynamic batcher gathered them)."""
@@ -77,7 +66,7 @@ class TritonPythonModel:
             (images,) = _infer(io_spec.GENERATOR_MODEL, batch, [io_spec.IMAGE])
         except StageError as error:
             for index, _ in run:
-                responses[index] = _error(str(error), pb_utils.TritonError.INTERNAL)
+                responses[index] = error_response(str(error), pb_utils.TritonError.INTERNAL)
             return
         start = 0
         for index, feed in run:
@@ -115,7 +104,3 @@ def _infer(model_name, inputs, output_names):
     if response.has_error():
         raise StageError(f"{model_name}: {response.error().message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names]
-
-
-def _error(message, code):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
