@@ -269,7 +269,8 @@ class Harness:
                 if now >= next_sample:
                     samples.append({"t": round(now, 2), "rss": self.rss()})
                     next_sample = now + 1.0
-                if over_at is None and (after_fault is None or (fault_info["fault_at_s"] is not None and after_fault())):
+                fault_over = after_fault is None or (fault_info["fault_at_s"] is not None and after_fault())
+                if over_at is None and fault_over:
                     over_at = now  # the fault is over: serve a while longer, so that recovery shows in the requests
                 if over_at is not None and now >= max(seconds, over_at + SETTLE):
                     break

@@ -1,7 +1,8 @@
 """File size, load memory and speed of the sparse export, whose Winograd convs store their 3x3 weight and leave
 `U = G W G^T` to the runtime's constant folding, against the same graph with U stored and against the plain export.
 
-    nice -n 10 .venv/bin/python benchmarks/sparse_file_size.py --out benchmarks/results/<date>-<machine>-sparse-file-size
+    nice -n 10 .venv/bin/python benchmarks/sparse_file_size.py \
+        --out benchmarks/results/<date>-<machine>-sparse-file-size
 
 One random-weight generator (default: ADE20K 256x256, ngf 64) is exported three ways:
 - `plain`: the unmodified model (`--graph plain`), the baseline;
@@ -225,7 +226,8 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (runtime, graph), row in rows.items():
-        lines.append(f"| {graph} | {row['file_mb']:.1f} | {row['initializer_mb']:.1f} | {runtime} | {row['load_s']:.1f} "
+        lines.append(f"| {graph} | {row['file_mb']:.1f} | {row['initializer_mb']:.1f} | {runtime} "
+                     f"| {row['load_s']:.1f} "
                      f"| {row['peak_rss_mib']:.0f} | {row['peak_rss_mib'] - row['rss_before_mib']:.0f} "
                      f"| {1000 * row['p50_s']:.0f} | {row['max_abs_vs_stored_u']:.1e} |")
     lines += ["", "ONNX Runtime's optimised graph (`ORT_ENABLE_ALL`): nodes left with only constant inputs and "

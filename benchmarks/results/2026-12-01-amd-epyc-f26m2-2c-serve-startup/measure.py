@@ -270,7 +270,8 @@ def main() -> None:
         try:
             server_pid = server.pid
             stubs = [pid for pid in descendants(server_pid) if is_stub(pid)]
-            rows = sorted((process_row(pid) for pid in stubs), key=lambda row: (row["model"] or "", row["instance"] or ""))
+            rows = sorted((process_row(pid) for pid in stubs),
+                          key=lambda row: (row["model"] or "", row["instance"] or ""))
             server_rollup = smaps_rollup_kb(server_pid)
         finally:
             stop_began = time.perf_counter()
