@@ -3,7 +3,8 @@
 Rewrites, each exact up to float rounding:
 1. spectral norm folded into plain weights from the stored u, v (`W / (u · W_mat v)`);
 2. batch-norm running statistics folded into the SPADE modulation: `bn(x)(1 + g) + b = x·A + B`, so no
-   normalisation op remains (instance norm depends on x and stays);
+   normalisation op remains (instance norm depends on x and stays; for reduced precision, `normalize_first` keeps
+   batch norm as a per-channel step of its own, `ChannelAffine`);
 3. each SPADE's gamma and beta convs merged into one conv with 2C outputs, and the `mlp_shared` convs of a block
    (which read the same label map) fused into one;
 4. every conv on the one-hot map (`mlp_shared`, and `fc` of segmap generators) evaluated as 9 table look-ups over

@@ -4,7 +4,7 @@ precision (bf16 exports), with the inputs checked before they reach the graph.
 A graph fed an out-of-range label would gather garbage or fail with an opaque kernel error; these wrappers turn
 every bad input into the `ValueError` of `spade_deploy.model.io_spec` that names the input, what was expected and
 what was seen. OpenVINO is optional (`pip install "spade-deploy[openvino]"`) and imported only to run it.
-Torch-free: the served models run their graphs with `make_session`.
+Torch-free: the served models run their graphs with `open_session`.
 """
 from __future__ import annotations
 

@@ -328,8 +328,8 @@ class SparseResBlock(nn.Module):
         return x + dx
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The SPADEs' parameter-free norm where it is instance norm (batch norm is folded into the tables); one
-        for the SPADEs that share an input."""
+        """The SPADEs' parameter-free norm where it is instance norm (batch norm is folded into the tables, or is a
+        step of the modulations); one for the SPADEs that share an input."""
         if self.instance_norm_eps is None:
             return x
         # A unit scale and zero shift given explicitly: without them the ONNX exporter needs a static channel count,

@@ -1,9 +1,9 @@
 """Run the real `tritonserver` shipped in the nvidia-pytriton wheel on a model repository (CPU machines included).
 
-`TritonServer` is the one launcher of the CLI (`spade-deploy serve`), the tests and the benchmarks. The recipe is
-the verified one of ../shared/notes/triton-on-cpu.md: a private backend directory of symlinks into the wheel (the
-wheel itself is never written), this interpreter's `bin/` first on PATH so the python-backend stub runs in this
-environment (it ignores PYTHONPATH), every endpoint on loopback unless told otherwise.
+`TritonServer` is the one launcher of the CLI (`spade-deploy serve`), the tests and the benchmarks. The recipe: a
+private backend directory of symlinks into the wheel (the wheel itself is never written), this interpreter's `bin/`
+first on PATH so the python-backend stub runs in this environment (it ignores PYTHONPATH), every endpoint on
+loopback unless told otherwise.
 
 Models are under explicit model control (all loaded at start), so a broken model can be unloaded and loaded again
 without restarting the server (spade_deploy.serve.supervisor does that). With an `admin_key`, Triton refuses the
