@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,6 +43,58 @@ def _seconds(text: str) -> float:
     if value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
     return value
+
+
+def port(text: str) -> int:
+    """A TCP port: 0..65535 (0: the system picks a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535 (0: a free one), got {value}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0 (a tolerance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Before any work: raise a `ValueError` naming `option` unless a file can be written at `path` (not a folder;
+    its parent a folder, or missing and creatable, and writable). Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; expected the path of a file to write")
+    _check_creatable_folder(path.parent, option, path)
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Before any work: raise a `ValueError` naming `option` unless `path` is a writable folder, or missing and
+    creatable. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file; expected a folder (created when missing)")
+    _check_creatable_folder(path, option, path)
+
+
+def _check_creatable_folder(folder: Path, option: str, given: Path) -> None:
+    existing = folder
+    while not existing.exists():  # the nearest existing ancestor is where the missing folders would be made
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{option} {given}: {existing} is a file, not a folder")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {given}: cannot write in {existing} (permission denied)")
 
 
 def server_addresses(text: str) -> list[str]:
