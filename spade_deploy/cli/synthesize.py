@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from spade_deploy.cli.arguments import add_model_source, byte_size
+from spade_deploy.cli.arguments import add_model_source, byte_size, check_output_folder
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.model.checkpoint import load_encoder, load_generator
 from spade_deploy.model import io_spec, memory
@@ -56,6 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "--out")
     if args.server is not None:
         if args.memory_limit is not None:
             raise ValueError("--memory-limit bounds synthesis in this process; a server has its own per-request "
@@ -123,10 +124,13 @@ def check_memory(paths: list[Path], maps: list[LabelInput], config: GeneratorCon
 
 
 def output_paths(labels: list[Path], out: Path, inputs: list[Path]) -> list[Path]:
-    """DIR/NAME.png for each label map; two maps with one name, or an output that is an input, is an error."""
+    """DIR/NAME.png for each label map; two maps with one name, an output that is an input or a folder, is an
+    error."""
     outputs = [out / f"{path.stem}.png" for path in labels]
     source: dict[Path, Path] = {}
     for label, output in zip(labels, outputs):
+        if output.is_dir():
+            raise ValueError(f"{output}, the output of {label}, is a folder; remove it or choose another --out")
         if output in source:
             raise ValueError(f"{source[output]} and {label} would both be written to {output}; rename one")
         source[output] = label
@@ -141,6 +145,9 @@ def read_label_input(label_path: Path, instance_path: Path | None, config: Gener
     """One label map (and instance map), checked for this model; errors name the file."""
     labels = read_label_png(label_path, config)
     instances = read_png(instance_path) if instance_path is not None else None
+    if instances is not None and instances.shape != labels.shape:
+        raise ValueError(f"{instance_path}: instance map is {'x'.join(map(str, instances.shape))}, but its label map "
+                         f"{label_path} is {'x'.join(map(str, labels.shape))}; they must be the same size")
     try:
         return check_semantic_input(labels, instances, config)
     except ValueError as error:

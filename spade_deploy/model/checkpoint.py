@@ -7,6 +7,7 @@ file, a preset and explicit overrides, and any of those that the weights contrad
 """
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -76,6 +77,8 @@ def checkpoint_entry(module: nn.Module) -> dict[str, Any]:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """`torch.load(weights_only=True)` with errors that say what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected a checkpoint file (.pth)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -102,6 +105,9 @@ def _load_failure(error: Exception) -> str:
                 f"a checkpoint")
     lines = [line.strip() for line in message.splitlines()
              if line.strip() and "weights_only" not in line and "weights only" not in line.lower()]
+    if isinstance(error, (KeyError, pickle.UnpicklingError, EOFError)):  # a text file: KeyError: 101 ('e')
+        return (f"it is not a file torch.save writes ({type(error).__name__}: {lines[0] if lines else 'no detail'}); "
+                f"the file is damaged or not a checkpoint")
     return f"{type(error).__name__}: {lines[0] if lines else 'no detail'}"
 
 
@@ -111,7 +117,7 @@ def load_generator(path: str | Path, *, preset: str | None = None, **overrides: 
     payload = read_checkpoint(path)
     if payload.get("format") == FORMAT:
         entry = _our_entry(payload, "generator", path)
-        config = _apply(GeneratorConfig.from_dict(entry["config"]), preset, overrides)
+        config = _apply(GeneratorConfig.from_dict(entry["config"]), preset, overrides, path)
         state = entry["state_dict"]
     else:
         state = _official_state(payload, "generator", path)
@@ -137,9 +143,20 @@ def load_encoder(path: str | Path, *, preset: str | None = None, **overrides: An
     return encoder.eval()
 
 
-def _apply(config: GeneratorConfig, preset: str | None, overrides: dict[str, Any]) -> GeneratorConfig:
-    """Our checkpoints carry their config; a preset or overrides may only change what the weights leave open."""
-    fields = preset_fields(preset) | {"preset": preset} if preset else {}
+def _apply(config: GeneratorConfig, preset: str | None, overrides: dict[str, Any], path: Path) -> GeneratorConfig:
+    """Our checkpoints carry their config; a preset or overrides may only change what the weights leave open. A
+    preset that contradicts the stored config is an error naming the fields (it is meant for official checkpoints
+    without opt.txt), not a list of shape mismatches; its size fields, only a suggestion, give way to the stored
+    ones."""
+    fields = {name: value for name, value in (preset_fields(preset) if preset else {}).items()
+              if name not in _PRESET_SIZE_FIELDS}
+    contradicted = [f"{name} {getattr(config, name)!r}, the preset's {value!r}" for name, value in fields.items()
+                    if getattr(config, name) != value]
+    if contradicted:
+        raise CheckpointError(f"{path} is a spade-deploy checkpoint, which carries its own config, and preset "
+                              f"{preset!r} contradicts it ({'; '.join(contradicted)}): a preset is for official "
+                              f"checkpoints without opt.txt; leave it out")
+    fields = fields | {"preset": preset} if preset else {}
     return config.replace(**(fields | overrides)) if fields or overrides else config
 
 

@@ -16,6 +16,8 @@ from spade_deploy.files import atomic_path
 def open_image(path: str | Path) -> Iterator[Image.Image]:
     """`PIL.Image.open` whose failures (missing file, not an image) are `ValueError`s naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected an image file")
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     try:

@@ -147,6 +147,10 @@ def vae_args(ws: Workspace) -> list[str]:
 
 BAD_INPUTS: dict[str, tuple[Callable[[Workspace], list[str]], str]] = {
     "missing label file": (lambda ws: ade_args(ws, str(ws.root / "nowhere.png")), r"no such file: .*nowhere\.png"),
+    "label folder": (lambda ws: ade_args(ws, str(ws.ade_labels[0].parent)), r"is a folder; expected an image file"),
+    "preset against our checkpoint": (lambda ws: ade_args(ws, str(ws.ade_labels[0])) + ["--preset", "coco"],
+                                      r"is a spade-deploy checkpoint, which carries its own config, and preset "
+                                      r"'coco' contradicts it \(label_nc 150, the preset's 182.*leave it out"),
     "rgb label map": (lambda ws: ade_args(ws, file_with(ws.root, "rgb.png", lambda p: Image.fromarray(
         np.zeros((64, 64, 3), np.uint8)).save(p))), r"rgb\.png is a RGB image; a label or instance map must be"),
     "label out of range": (lambda ws: ade_args(ws, file_with(ws.root, "ade_200.png", lambda p: Image.fromarray(
@@ -179,7 +183,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Workspace], list[str]], str]] = {
                        r"--instances gives 1 maps for 2 --labels; give one per label map"),
     "instance size": (lambda ws: vae_args(ws)[:4] + ["--instances", file_with(
         ws.root, "small_instances.png", lambda p: write_instance_png(p, np.zeros((32, 64))))],
-                      r"vae_0\.png: instances have shape \[1, 32, 64\] but labels have \[1, 64, 64\]"),
+                      r"small_instances\.png: instance map is 32x64, but its label map .*vae_0\.png is 64x64; they "
+                      r"must be the same size"),
     "vae label size": (lambda ws: ["--checkpoint", str(ws.vae), "--labels", file_with(
         ws.root, "big.png", lambda p: Image.fromarray(np.zeros((128, 128), np.uint8)).save(p)), "--instances",
         file_with(ws.root, "big_instances.png", lambda p: write_instance_png(p, np.zeros((128, 128))))],
@@ -238,6 +243,20 @@ def test_output_never_overwrites_an_input(workspace: Workspace, capsys: pytest.C
     assert status == 2
     assert "ade_0.png is an input and would be overwritten; choose another --out" in capsys.readouterr().err
     assert workspace.ade_labels[0].read_bytes() == before
+
+
+def test_output_paths_are_checked_before_any_image_is_written(workspace: Workspace, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """--out a file, or one map's output an existing folder: refused before the first image, nothing written."""
+    (tmp_path / "file").write_text("keep")
+    assert cli.main(["synthesize", *ade_args(workspace, str(workspace.ade_labels[0])), "--out",
+                     str(tmp_path / "file")]) == 2
+    assert "--out " + str(tmp_path / "file") + " is a file; expected a folder" in capsys.readouterr().err
+    out = tmp_path / "out"
+    (out / workspace.ade_labels[1].name).mkdir(parents=True)
+    assert cli.main(["synthesize", *ade_args(workspace, *map(str, workspace.ade_labels)), "--out", str(out)]) == 2
+    assert f"{workspace.ade_labels[1].name}, the output of" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == [workspace.ade_labels[1].name]  # nothing written
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:

@@ -253,7 +253,10 @@ def test_state_dict_without_the_tensors_that_define_it_is_refused(tmp_path: Path
 
 
 @pytest.mark.parametrize("content, message", [
-    ("text", r"is not a readable PyTorch checkpoint"),
+    ("text", r"is not a readable PyTorch checkpoint: .*the file is damaged or not a checkpoint"),
+    ("other text", r"is not a readable PyTorch checkpoint: it is not a file torch.save writes \(KeyError: \d+\); "
+                   r"the file is damaged or not a checkpoint"),
+    ("folder", r"latest_net_G.pth is a folder; expected a checkpoint file \(.pth\)"),
     ("list", r"holds a list, not a checkpoint dict or state dict"),
     ("pickled object", r"is not a readable PyTorch checkpoint: it holds a Python object \(argparse.Namespace\)"),
     ("random bytes", r"is not a readable PyTorch checkpoint: its bytes are not the pickle data torch.save writes"),
@@ -265,6 +268,10 @@ def test_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path, content: str, 
     path = tmp_path / "latest_net_G.pth"
     if content == "text":
         path.write_text("not a checkpoint\n")
+    elif content == "other text":
+        path.write_text("hi\n")
+    elif content == "folder":
+        path.mkdir()
     elif content == "random bytes":
         path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)))
     elif content == "newer format":
@@ -303,9 +310,14 @@ def test_generator_and_encoder_files_are_not_interchangeable(tmp_path: Path) -> 
         load_generator(tmp_path / "e.pth")
 
 
-def test_preset_given_for_own_checkpoint_must_fit_its_weights(tmp_path: Path) -> None:
+def test_preset_given_for_own_checkpoint_must_fit_its_config(tmp_path: Path) -> None:
+    """Our checkpoints carry their config: a preset that agrees is taken (its size gives way to the stored one), one
+    that contradicts the label layout is refused by name, not by 19 shape mismatches."""
     config = generator_preset("coco", ngf=8, crop_size=64, spade_hidden=16)
     save_generator(SPADEGenerator(config), tmp_path / "g.pth")
-    assert load_generator(tmp_path / "g.pth", preset="coco").config.label_nc == 182
-    with pytest.raises(CheckpointError, match=r"shape mismatches"):
-        load_generator(tmp_path / "g.pth", preset="cityscapes")  # 36 input channels, not 184
+    loaded = load_generator(tmp_path / "g.pth", preset="coco").config
+    assert (loaded.label_nc, loaded.crop_size) == (182, 64)
+    with pytest.raises(CheckpointError, match=r"g.pth is a spade-deploy checkpoint, which carries its own config, and "
+                                              r"preset 'cityscapes' contradicts it \(label_nc 182, the preset's 35; "
+                                              r"contain_dontcare_label True, the preset's False.*leave it out"):
+        load_generator(tmp_path / "g.pth", preset="cityscapes")
