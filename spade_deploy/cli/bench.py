@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spade_deploy.bench.runtimes import RUNTIMES
-from spade_deploy.cli.arguments import add_model_arguments, size_of
+from spade_deploy.cli.arguments import add_model_arguments, check_output_file, check_output_folder, size_of
 from spade_deploy.model.config import PRESETS, GeneratorConfig, generator_preset
 from spade_deploy.serve.server import ServerError
 
@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if given:
         raise ValueError(f"{', '.join(given)}: only for the {other} benchmark "
                          f"({'drop --served' if args.served else 'add --served'})")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     config = generator_preset(args.preset, **({"ngf": args.ngf} if args.ngf is not None else {}))
     height, width = size_of(args) or config.image_size
     config = _sized(config, height, width)
@@ -169,8 +173,8 @@ def _positive_list(kind: type, example: str) -> Callable[[str], tuple]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated values such as {example}, got {text!r}") \
                 from None
-        if min(values) <= 0:
-            raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
+        if not all(0 < value < float("inf") for value in values):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"values must be positive and finite, got {text!r}")
         return values
     return parse
 

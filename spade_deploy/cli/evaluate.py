@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spade_deploy.cli.arguments import positive_int
+from spade_deploy.cli.arguments import check_output_file, positive_int
 from spade_deploy.data.landscapes import bundled_segmenter
 from spade_deploy.evaluation.fid import KID_SUBSET_SIZE, KID_SUBSETS, WEIGHTS_FILE  # numpy only: no torch
 
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from spade_deploy.evaluation.evaluate import evaluate
     from spade_deploy.files import atomic_path
 
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     report = evaluate(args.dataroot, args.segmenter or bundled_segmenter(), generator=args.checkpoint,
                       inception=args.inception, kid_subset_size=args.kid_subset_size, limit=args.limit,
                       batch_size=args.batch_size, threads=args.threads)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spade_deploy.cli.arguments import positive_int
+from spade_deploy.cli.arguments import check_output_file, positive_int
 
 # Defaults of the bundled landscape segmenter's run (128 px maps): about 0.4 s a step on one core.
 DEFAULT_STEPS = 1400
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {args.out}: expected an .onnx file name")
+    check_output_file(args.out, "--out")
     trained = train_segmenter(args.dataroot, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                               threads=args.threads)
     export_segmenter(trained.model, args.out)

@@ -344,6 +344,10 @@ def write_dataset(out: str | Path, count: int, size: int, seed: int, progress: b
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     out = Path(out)
+    held = [path for folder in ("images", "labels") if (out / folder).is_dir() for path in (out / folder).iterdir()]
+    if held:
+        raise ValueError(f"{out} already holds a dataset ({len(held)} files in images/ and labels/), which this one "
+                         f"would mix with; choose a new or empty folder, or remove it first")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     table = [{"index": i, "name": cls.name, "colour": list(cls.colour)} for i, cls in enumerate(CLASSES)]

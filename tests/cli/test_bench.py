@@ -103,8 +103,19 @@ def test_bad_options_are_one_line_errors(argv: list[str], message: str, capsys: 
     assert message in capsys.readouterr().err
 
 
+def test_output_paths_are_checked_before_the_benchmark(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("x")
+    assert main(["bench", "--preset", "ade20k", "--json", str(tmp_path / "file" / "r.json")]) == USER_ERROR
+    assert "--json " + str(tmp_path / "file" / "r.json") + ": " + str(tmp_path / "file") + " is a file, not a folder" \
+        in capsys.readouterr().err
+    assert main(["bench", "--preset", "ade20k", "--out", str(tmp_path / "file")]) == USER_ERROR
+    assert "--out " + str(tmp_path / "file") + " is a file; expected a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "ade20k", "--batch", "1,x"], "expected comma-separated values such as 1,4"),
+    (["--preset", "ade20k", "--served", "--rates", "nan"], "values must be positive and finite, got 'nan'"),
+    (["--preset", "ade20k", "--served", "--rates", "5,inf"], "values must be positive and finite, got '5,inf'"),
     (["--preset", "custom"], "invalid choice: 'custom'"),
     ([], "the following arguments are required: --preset"),
 ])

@@ -188,6 +188,17 @@ def test_train_segmenter_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
                      str(tmp_path / "seg.onnx")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "seg.onnx").exists()
+    (tmp_path / "taken.onnx").mkdir()  # checked before training, not after it
+    assert cli.main(["train-segmenter", "--dataroot", str(tmp_path), "--out", str(tmp_path / "taken.onnx")]) == 2
+    assert "--out " + str(tmp_path / "taken.onnx") + " is a folder; expected the path of a file to write" in \
+        capsys.readouterr().err
+
+
+def test_evaluate_checks_its_json_path_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["evaluate", "--dataroot", str(tmp_path / "missing"), "--json",
+                     str(tmp_path / "file" / "r.json")]) == 2
+    assert ": " + str(tmp_path / "file") + " is a file, not a folder" in capsys.readouterr().err
 
 
 def test_the_bundled_segmenter_is_the_default(workspace: Workspace, tmp_path: Path) -> None:

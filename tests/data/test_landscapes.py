@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from spade_deploy.data import landscapes
+from spade_deploy import cli
 from spade_deploy.data.landscapes import CLASSES, colorize, render, write_dataset
 
 SKY, CLOUD, MOUNTAIN, ROCK, SNOW, GRASS, TREE, WATER, SAND, FLOWER = range(10)
@@ -153,6 +154,29 @@ def test_write_dataset_rejects_bad_arguments(tmp_path: Path, kwargs: dict, messa
     with pytest.raises(ValueError, match=message):
         write_dataset(tmp_path, **{"count": 1, "size": 32, "seed": 0, "progress": False, **kwargs})
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_write_dataset_refuses_a_folder_that_holds_a_dataset(tmp_path: Path) -> None:
+    """A second dataset (another size or seed) would mix with the first: refused, the first untouched."""
+    write_dataset(tmp_path, count=2, size=32, seed=0, progress=False)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match=r"already holds a dataset \(4 files in images/ and labels/\), which this one "
+                                         r"would mix with; choose a new or empty folder"):
+        write_dataset(tmp_path, count=1, size=40, seed=5, progress=False)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "36"], "argument --size: expected a multiple of 8 of at least 32, got 36"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+])
+def test_the_command_checks_its_arguments(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["landscapes", "--out", str(tmp_path / "out"), "--count", "1", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["landscapes", "--out", str(tmp_path / "file"), "--count", "1", "--size", "32"]) == 2
+    assert "--out " + str(tmp_path / "file") + " is a file; expected a folder" in capsys.readouterr().err
 
 
 def test_render_rejects_bad_arguments() -> None:
