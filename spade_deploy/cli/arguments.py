@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -106,6 +108,26 @@ def _check_creatable_folder(folder: Path, option: str, given: Path) -> None:
         raise ValueError(f"{option} {given}: {existing} is a file, not a folder")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {given}: cannot write in {existing} (permission denied)")
+
+
+def check_host(host: str, family: socket.AddressFamily = socket.AF_INET) -> None:
+    """A `ValueError` naming --host unless `host` is an address of this machine in `family` (IPv4 for Triton), or a
+    name that resolves to one ('' and 0.0.0.0: every address). Probes by binding a free port there, as the servers
+    will bind theirs: otherwise a bad host would only show when a port is bound, and read as a taken port."""
+    version = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    try:
+        address = socket.getaddrinfo(host or None, 0, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0][4]
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host} cannot be resolved to an {version} address ({error.strerror})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            named = f" ({address[0]})" if address[0] != host else ""
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(f"--host {host}{named} is not an address of this machine; give one of its "
+                                 f"addresses: 127.0.0.1 for this machine only, 0.0.0.0 for all of them") from None
+            raise ValueError(f"--host {host}{named}: cannot listen there ({os.strerror(error.errno)})") from None
 
 
 def server_addresses(text: str) -> list[str]:

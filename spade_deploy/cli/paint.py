@@ -12,7 +12,7 @@ import signal
 import socket
 from pathlib import Path
 
-from spade_deploy.cli.arguments import add_model_source
+from spade_deploy.cli.arguments import add_model_source, check_host, port
 from spade_deploy.cli.serve import sigterm_as_interrupt
 from spade_deploy.data.landscapes import bundled_model
 from spade_deploy.errors import Failure
@@ -41,13 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens the "
                              f"studio to the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT,
                         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_options(args)
+    check_host(args.host, _family(args.host))
     try:
         import uvicorn
 
@@ -86,8 +87,6 @@ def check_options(args: argparse.Namespace) -> None:
     for option, value, needs, given in pairs:
         if value is not None and given is None:
             raise ValueError(f"{option} goes with {needs}: give both, or drop {option}")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0..65535 (0 picks a free port), got {args.port}")
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -107,14 +106,17 @@ def describe(backend: Backend) -> str:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port, or a `ValueError` saying why not."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """A listening TCP socket on host:port (a host `check_host` took), or a `ValueError` saying why not."""
     try:
-        return socket.create_server((host, port), family=family)
+        return socket.create_server((host, port), family=_family(host))
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)  # create_server's strerror repeats the address
         raise ValueError(f"cannot listen on {host}:{port} ({reason}); stop what uses it or choose another "
                          f"--port") from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _url_host(host: str) -> str:

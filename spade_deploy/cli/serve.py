@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from spade_deploy.cli.arguments import positive_seconds, seconds_or_zero
+from spade_deploy.cli.arguments import check_host, check_output_file, port, positive_seconds, seconds_or_zero
 from spade_deploy.serve.server import (ADMIN_HEADER, DEFAULT_HOST, DEFAULT_PORTS, RESTRICTED_APIS, ServerError,
-                                       TritonServer)
+                                       TritonInstallation, TritonServer, is_repository)
 from spade_deploy.serve.supervisor import EXECUTE_TIMEOUT, STALL_TIMEOUT, Supervisor
 
 
@@ -36,10 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address every endpoint binds (default {DEFAULT_HOST}: this machine only; 0.0.0.0 "
                              f"opens the server to the network)")
-    for kind, port in DEFAULT_PORTS.items():
-        parser.add_argument(f"--{kind}-port", type=int, default=port, metavar="PORT",
-                            help=f"{kind} port (default {port})")
-    parser.add_argument("--startup-timeout", type=float, default=180.0, metavar="S",
+    for kind, default in DEFAULT_PORTS.items():
+        parser.add_argument(f"--{kind}-port", type=port, default=default, metavar="PORT",
+                            help=f"{kind} port (default {default}; 0: a free one)")
+    parser.add_argument("--startup-timeout", type=positive_seconds, default=180.0, metavar="S",
                         help="seconds to wait until every model is ready (default 180)")
     parser.add_argument("--log-file", type=Path, metavar="FILE",
                         help="keep the server log here (default: a temporary file, removed at exit)")
@@ -61,10 +61,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_options(args)
+    TritonInstallation.find()  # a missing server is reported before the key file is written
     admin_key = admin_key_from(args.admin_key_file) if args.admin_key_file else secrets.token_urlsafe(32)
-    server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                          metrics_port=args.metrics_port, startup_timeout=args.startup_timeout,
-                          log_file=args.log_file, admin_key=admin_key)
+    try:
+        # Port 0: TritonServer picks free ports (None) at start, and keeps them across restarts.
+        server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port or None,
+                              http_port=args.http_port or None, metrics_port=args.metrics_port or None,
+                              startup_timeout=args.startup_timeout, log_file=args.log_file, admin_key=admin_key)
+    except ValueError as error:  # a key read from the file that Triton cannot take: name the file
+        if args.admin_key_file is None:
+            raise
+        raise ValueError(f"--admin-key-file {args.admin_key_file}: {error}") from None
     supervisor = (Supervisor(server, stall_timeout=args.stall_timeout, execute_timeout=args.execute_timeout or None,
                              report=report) if args.supervise else None)
     # A service manager stops us with SIGTERM: end the same way as Ctrl-C, with a clean server shutdown.
@@ -99,21 +107,55 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Before anything is written (the key file, the log): refuse what cannot be served."""
+    check_host(args.host)
+    if not args.repository.is_dir():
+        problem = "is a file" if args.repository.exists() else "does not exist"
+        raise ValueError(f"--repository {args.repository} {problem}; expected the folder of a model repository")
+    if not is_repository(args.repository):
+        raise ValueError(f"--repository {args.repository} holds no model (no <model>/config.pbtxt inside); write a "
+                         f"repository with `spade-deploy export onnx G.pth --out DIR --repository DIR`")
+    taken: dict[int, str] = {}
+    for kind in DEFAULT_PORTS:
+        number = getattr(args, f"{kind}_port")
+        if number and number in taken:
+            raise ValueError(f"--{taken[number]}-port and --{kind}-port are both {number}; each endpoint needs a port "
+                             f"of its own")
+        taken[number] = kind
+    if args.log_file is not None:
+        check_output_file(args.log_file, "--log-file")
+
+
 def report(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} supervisor: {message}", flush=True)
 
 
 def admin_key_from(path: Path) -> str:
-    """The admin key stored in `path`, or a new one written there readable by its owner only. A key file others can
-    read is refused: whoever reads it can unload the models."""
+    """The admin key stored in `path`, or a new one written there (its missing folders made) readable by its owner
+    only. A key file others can read is refused: whoever reads it can unload the models."""
+    path = Path(path)
+    if not path.exists():
+        check_output_file(path, "--admin-key-file")
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"--admin-key-file {path} is a folder; expected a key file (read when it exists, made "
+                             f"when it does not)") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"--admin-key-file {path} is not a regular file (mode {stat.filemode(mode)}); expected "
+                             f"a key file") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ValueError(f"--admin-key-file {path} can be read by others (mode {stat.filemode(mode)}); "
                              f"chmod 600 it") from None
-        key = path.read_text().strip()
+        try:
+            key = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not text"
+            raise ValueError(f"--admin-key-file {path} cannot be read ({reason})") from None
         if not key:
             raise ValueError(f"--admin-key-file {path} is empty; remove it and a new key is written there") from None
         return key

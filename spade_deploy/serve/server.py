@@ -181,7 +181,7 @@ class TritonServer:
         if self._process is not None:
             raise ServerError(f"this server is already running (pid {self._process.pid})")
         installation = TritonInstallation.find()
-        if not any(self.repository.glob("*/config.pbtxt")):
+        if not is_repository(self.repository):
             raise ValueError(f"{self.repository} is not a model repository (no <model>/config.pbtxt inside); write "
                              f"one with spade_deploy.serve.repository.write_repository")
         chosen = [kind for kind, port in self.ports.items() if port is None]
@@ -385,6 +385,11 @@ class TritonServer:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.stop()
+
+
+def is_repository(path: Path) -> bool:
+    """Whether `path` is a model repository: a folder with at least one <model>/config.pbtxt."""
+    return any(Path(path).glob("*/config.pbtxt"))
 
 
 def _die_with_parent() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from spade_deploy import cli
 from spade_deploy.serve.server import free_port, free_ports
+from tests.cli.test_serve import NOT_HERE, _binds
 from tests.studio.process import Studio
 
 
@@ -30,13 +31,34 @@ def test_paint_serves_the_page_until_sigterm() -> None:
     (["--encoder", "E.pth"], "--encoder goes with --checkpoint: give both, or drop --encoder"),
     (["--onnx-encoder", "encoder.onnx"], "--onnx-encoder goes with --onnx: give both, or drop --onnx-encoder"),
     (["--onnx", "generator.onnx", "--preset", "ade20k"], "--preset goes with --checkpoint"),
-    (["--port", "70000"], "--port must be 0..65535 (0 picks a free port), got 70000"),
     (["--onnx", "missing/generator.onnx"], "no such ONNX file: missing/generator.onnx"),
 ])
 def test_paint_refuses_options_that_cannot_work(options: list[str], words: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["paint", *options] if "--port" in options else ["paint", "--port", "0", *options]) == 2
+    assert cli.main(["paint", "--port", "0", *options]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["70000", "-1"])
+def test_paint_takes_only_ports_in_the_range(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["paint", "--port", value])
+    assert exit_info.value.code == cli.USER_ERROR
+    assert f"argument --port: expected a port number 0..65535 (0: a free one), got {value}" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host, words", [
+    ("256.1.1.1", "--host 256.1.1.1 cannot be resolved to an IPv4 address ("),
+    ("::1.2", "--host ::1.2 cannot be resolved to an IPv6 address ("),
+    (NOT_HERE, f"--host {NOT_HERE} is not an address of this machine; give one of its addresses: 127.0.0.1"),
+])
+def test_paint_reports_a_bad_host_as_such(host: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if host == NOT_HERE and _binds(host):
+        pytest.skip(f"this machine binds {host} (net.ipv4.ip_nonlocal_bind?): no address is foreign to it")
+    assert cli.main(["paint", "--host", host, "--port", "0"]) == cli.USER_ERROR
+    err = capsys.readouterr().err
+    assert words in err and "--port" not in err, err
 
 
 def test_paint_reports_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import pytest
 from spade_deploy import cli
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import read_rgb
+from spade_deploy.cli.serve import admin_key_from
 from spade_deploy.model.labels import write_label_png
 from spade_deploy.serve.server import TritonServer, free_ports
 from spade_deploy.serve.supervisor import Supervisor
@@ -71,6 +73,115 @@ def test_supervision_timeouts_are_checked(option: str, value: str, message: str,
         cli.main(["serve", "--repository", str(tmp_path), option, value])
     assert exit_info.value.code == cli.USER_ERROR
     assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--grpc-port", "70000", "expected a port number 0..65535 (0: a free one), got 70000"),
+    ("--http-port", "-5", "expected a port number 0..65535 (0: a free one), got -5"),
+    ("--metrics-port", "metrics", "expected a port number 0..65535, got 'metrics'"),
+    ("--startup-timeout", "0", "expected a positive number of seconds, got '0'"),
+])
+def test_ports_and_the_startup_timeout_are_checked(option: str, value: str, message: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--repository", str(tmp_path), option, value])
+    assert exit_info.value.code == cli.USER_ERROR
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def _fake_repository(folder: Path) -> Path:
+    """What the checks before launch take for a model repository; nothing here is ever served."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.pbtxt").write_text("")
+    return folder
+
+
+NOT_HERE = "192.0.2.1"  # TEST-NET-1 (RFC 5737): for documentation, an address of no machine
+
+
+@pytest.mark.parametrize("host, message", [
+    ("256.1.1.1", "--host 256.1.1.1 cannot be resolved to an IPv4 address ("),
+    (NOT_HERE, f"--host {NOT_HERE} is not an address of this machine; give one of its addresses: 127.0.0.1"),
+])
+def test_a_bad_host_is_reported_as_such_before_any_port(host: str, message: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    if host == NOT_HERE and _binds(host):
+        pytest.skip(f"this machine binds {host} (net.ipv4.ip_nonlocal_bind?): no address is foreign to it")
+    key = tmp_path / "admin.key"
+    status = cli.main(["serve", "--repository", str(_fake_repository(tmp_path / "repository")), "--host", host,
+                       "--admin-key-file", str(key)])
+    err = capsys.readouterr().err
+    assert status == cli.USER_ERROR, err
+    assert message in err and "port" not in err, err
+    assert not key.exists()
+
+
+def _binds(host: str) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("make, options, message", [
+    (None, [], "--repository {tmp}/missing does not exist; expected the folder of a model repository"),
+    ("file", [], "--repository {tmp}/missing is a file; expected the folder of a model repository"),
+    ("folder", [], "--repository {tmp}/missing holds no model (no <model>/config.pbtxt inside); write a repository "
+                   "with `spade-deploy export onnx"),
+    ("repository", ["--grpc-port", "8000"], "--grpc-port and --http-port are both 8000; each endpoint needs a port"),
+    ("repository", ["--log-file", "{tmp}"], "--log-file {tmp} is a folder; expected the path of a file to write"),
+])
+def test_the_key_file_is_written_only_once_the_options_are_checked(
+        make: str | None, options: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    repository = tmp_path / "missing"
+    if make == "file":
+        repository.write_text("")
+    elif make == "folder":
+        repository.mkdir()
+    elif make == "repository":
+        _fake_repository(repository)
+    key = tmp_path / "keys" / "admin.key"
+    status = cli.main(["serve", "--repository", str(repository), "--admin-key-file", str(key),
+                       *(option.format(tmp=tmp_path) for option in options)])
+    assert status == cli.USER_ERROR
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not key.parent.exists()
+
+
+def test_a_key_file_that_is_a_folder_is_refused_as_a_folder(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    require_triton()  # the checks before the key file include finding the server
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    status = cli.main(["serve", "--repository", str(_fake_repository(tmp_path / "repository")),
+                       "--admin-key-file", str(folder)])
+    assert status == cli.USER_ERROR
+    assert f"--admin-key-file {folder} is a folder; expected a key file (read when it exists, made when it does " \
+           f"not)" in capsys.readouterr().err
+
+
+def test_a_key_file_triton_cannot_take_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_triton()
+    key = tmp_path / "admin.key"
+    key.write_text("short\n")
+    key.chmod(0o600)
+    status = cli.main(["serve", "--repository", str(_fake_repository(tmp_path / "repository")),
+                       "--admin-key-file", str(key)])  # refused before the server is launched
+    assert status == cli.USER_ERROR
+    assert f"--admin-key-file {key}: admin_key must be at least 16 characters" in capsys.readouterr().err
+
+
+def test_the_key_file_is_made_in_missing_folders_and_must_be_a_file(tmp_path: Path) -> None:
+    key = admin_key_from(tmp_path / "new" / "deeper" / "admin.key")
+    assert (tmp_path / "new" / "deeper" / "admin.key").read_text() == key + "\n"
+    with pytest.raises(ValueError, match=r"--admin-key-file /dev/null is not a regular file \(mode c"):
+        admin_key_from(Path("/dev/null"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"--admin-key-file .*file/admin.key: .*file is a file, not a folder"):
+        admin_key_from(tmp_path / "file" / "admin.key")
 
 
 def test_the_supervisor_refuses_timeouts_that_are_not_positive(tmp_path: Path) -> None:
