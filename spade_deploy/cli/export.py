@@ -8,7 +8,9 @@ so and exports fp32), with the graph fastest at it on this CPU; `trt` the engine
 
 Exit status: 0 on success, 1 when the parity check fails, 2 on bad input (missing file, wrong size, …); `trt
 --require-engine` exits 3 when engines cannot be built here. Without `--require-engine` the engine step is skipped
-with the reason and the ONNX files are still written and checked.
+with the reason and the ONNX files are still written and checked. `--out` gets the new files only once everything
+succeeded, and then holds nothing of an earlier export that this one did not write again; a failed export leaves it as
+it was (one that failed its parity check is kept in `--out/failed-export` to inspect).
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spade_deploy.cli.arguments import add_model_arguments, byte_size, positive_int, size_of
+from spade_deploy.cli.arguments import (add_model_arguments, byte_size, check_output_folder, non_negative_number,
+                                        positive_int, size_of)
 from spade_deploy.export.metadata import GRAPHS, TOLERANCE
 from spade_deploy.export.precision import CPU_PRECISIONS, FP16, FP32, choose
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import NUM_UPSAMPLINGS
-from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS, unservable_reason
+from spade_deploy.serve.repository import DEFAULT_MAX_BATCH, VARIANTS, check_replaceable, unservable_reason
 
 EXIT_NO_ENGINE = 3
 ONNX_GRAPHS = ("sparse", "sparse-bf16", "sparse-tensorrt", "dense")
@@ -88,71 +91,99 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
                              "a full batch of label maps needs)")
     parser.add_argument("--parity-samples", type=positive_int, default=2,
                         help="random label-map batches in the parity check")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+    parser.add_argument("--tolerance", type=non_negative_number, default=TOLERANCE,
                         help="max |Δ| from the float64 model allowed by the parity check (or up to twice eager "
                              "float32's own, when that is larger); a runtime at bf16 is measured, not held to it")
 
 
 def run_onnx(args: argparse.Namespace) -> int:
+    from spade_deploy.export.pipeline import staged
+
+    _check_outputs(args)
     reason = args.repository and unservable_reason(choose(args.precision).precision, args.variant)
     if reason:  # fail before minutes of export, not after
         raise ValueError(f"--repository: {reason}")
-    exported = export(args, args.precision)
-    if args.repository:
-        _repository(args, exported)
+    with staged(args.out) as folder:  # --out gets the files only when everything here succeeded
+        exported = export(args, args.precision, folder)
+        if args.repository:
+            _repository(args, exported)
+    _wrote(args.out, exported.generator_onnx, exported.encoder_onnx)
     return 0
 
 
 def run_trt(args: argparse.Namespace) -> int:
-    from spade_deploy.export.pipeline import step
+    from spade_deploy.export.pipeline import ENGINE_SUFFIX, staged, step
     from spade_deploy.export.tensorrt import EngineOptions, build_engine, unavailable_reason
 
+    _check_outputs(args)
     reason = unavailable_reason()
     if reason and args.require_engine:  # fail before minutes of export, not after
         print(f"spade-deploy export trt: error: TensorRT engines are required (--require-engine), but {reason}",
               file=sys.stderr)
         return EXIT_NO_ENGINE
-    exported = export(args, FP32)  # the ONNX files run in ONNX Runtime at fp32; the engines at --precision
-    engines: dict[str, Path] = {}
-    if reason:
-        print(f"TensorRT engine step skipped: {reason}. The ONNX files in {args.out} are ready for it.",
-              file=sys.stderr)
-    else:
-        options = EngineOptions(fp16=args.precision == FP16, max_batch=args.max_batch)
-        for name, onnx_path in ((io_spec.GENERATOR_MODEL, exported.generator_onnx),
-                                (io_spec.ENCODER_MODEL, exported.encoder_onnx)):
-            if onnx_path is not None:
-                engine = onnx_path.with_suffix(".plan")
-                with step(f"building the TensorRT engine for {onnx_path.name} ({args.precision})"):
-                    build_engine(onnx_path, engine, options)
-                print(f"wrote {engine}")
-                engines[name] = engine
-    if args.repository:
-        if args.variant == "gpu" and not engines:
-            print(f"The gpu repository serves the ONNX graphs (ONNX Runtime + TensorRT accelerator, the portable "
-                  f"configs), not tensorrt_plan models: {reason}.", file=sys.stderr)
-        _repository(args, exported, max_batch_size=args.max_batch,
-                    engines=engines if args.variant == "gpu" else None)
+    with staged(args.out) as folder:  # --out gets the files only when everything here succeeded
+        exported = export(args, FP32, folder)  # the ONNX files run in ONNX Runtime at fp32; the engines at --precision
+        engines: dict[str, Path] = {}
+        if reason:
+            print(f"TensorRT engine step skipped: {reason}. The ONNX files in {args.out} are ready for it.",
+                  file=sys.stderr)
+        else:
+            options = EngineOptions(fp16=args.precision == FP16, max_batch=args.max_batch)
+            for name, onnx_path in ((io_spec.GENERATOR_MODEL, exported.generator_onnx),
+                                    (io_spec.ENCODER_MODEL, exported.encoder_onnx)):
+                if onnx_path is not None:
+                    engine = onnx_path.with_suffix(ENGINE_SUFFIX)
+                    with step(f"building the TensorRT engine for {onnx_path.name} ({args.precision})"):
+                        build_engine(onnx_path, engine, options)
+                    engines[name] = engine
+        if args.repository:
+            if args.variant == "gpu" and not engines:
+                print(f"The gpu repository serves the ONNX graphs (ONNX Runtime + TensorRT accelerator, the portable "
+                      f"configs), not tensorrt_plan models: {reason}.", file=sys.stderr)
+            _repository(args, exported, max_batch_size=args.max_batch,
+                        engines=engines if args.variant == "gpu" else None)
+    _wrote(args.out, exported.generator_onnx, exported.encoder_onnx, *engines.values())
     return 0
 
 
-def export(args: argparse.Namespace, precision: str):  # -> spade_deploy.export.pipeline.Exported
-    """The ONNX export of the parsed arguments at `precision`."""
-    from spade_deploy.export.pipeline import export_onnx
-
-    size = size_of(args)
-    height, width = size if size else (None, None)
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: `--out` and `--repository` can be written, the repository would replace nothing but an
+    earlier spade repository (`write_repository` replaces it as a whole), and neither folder holds the other's
+    files; `--max-request-memory` comes with a cpu repository."""
+    check_output_folder(args.out, "--out")
     if args.max_request_memory is not None and (args.repository is None or args.variant != "cpu"):
         raise ValueError("--max-request-memory sets the budget of a cpu Triton repository: give it with --repository "
                          "and --variant cpu")
-    exported = export_onnx(args.checkpoint, args.out, encoder=args.encoder, preset=args.preset,
-                           num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, precision=precision,
-                           height=height, width=width, parity_samples=args.parity_samples,
-                           tolerance=args.tolerance)
-    for path in (exported.generator_onnx, exported.encoder_onnx):
+    if args.repository is None:
+        return
+    check_output_folder(args.repository, "--repository")
+    out, repository = args.out.resolve(), args.repository.resolve()
+    if repository == out or repository in out.parents:
+        where = "is the --out folder" if repository == out else f"holds --out {args.out}"
+        raise ValueError(f"--repository {args.repository} {where}, and a repository is replaced as a whole: give it "
+                         f"a folder of its own")
+    try:
+        check_replaceable(args.repository)
+    except ValueError as error:
+        raise ValueError(f"--repository: {error}") from None
+
+
+def export(args: argparse.Namespace, precision: str, folder: Path):  # -> spade_deploy.export.pipeline.Exported
+    """The ONNX export of the parsed arguments at `precision`, written to `folder` (staged for `--out`)."""
+    from spade_deploy.export.pipeline import write_export
+
+    size = size_of(args)
+    height, width = size if size else (None, None)
+    return write_export(args.checkpoint, folder, encoder=args.encoder, preset=args.preset,
+                        num_upsampling_layers=args.num_upsampling_layers, graph=args.graph, precision=precision,
+                        height=height, width=width, parity_samples=args.parity_samples, tolerance=args.tolerance)
+
+
+def _wrote(out: Path, *paths: Path | None) -> None:
+    """Name the files of a staged export where they now are: in `out`."""
+    for path in paths:
         if path is not None:
-            print(f"wrote {path}")
-    return exported
+            print(f"wrote {out / path.name}")
 
 
 def _repository(args: argparse.Namespace, exported, **options: Any) -> None:

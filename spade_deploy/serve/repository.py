@@ -100,7 +100,7 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
         graphs[io_spec.ENCODER_MODEL] = (encoder_onnx, io_spec.encoder_io())
     max_batch_size = _max_batch_size(engines, variant, graphs, max_batch_size)
     budget = _memory_budget(max_request_memory, variant, config, height, width, max_batch_size)
-    _check_replaceable(repo_dir)
+    check_replaceable(repo_dir)
 
     described = describe(config, height, width)
     common = dict(max_batch_size=max_batch_size, instances=instances, queue_delay_us=queue_delay_us,
@@ -209,7 +209,7 @@ def _memory_budget(max_request_memory: int | None, variant: str, config: Generat
     return max_request_memory
 
 
-def _check_replaceable(repo_dir: Path) -> None:
+def check_replaceable(repo_dir: Path) -> None:
     """Only an absent or empty directory, or an earlier spade repository, may be (re)written."""
     if repo_dir.exists() and not repo_dir.is_dir():
         raise ValueError(f"repository path {repo_dir} exists and is not a directory")

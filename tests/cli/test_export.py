@@ -159,6 +159,7 @@ def test_parity_failure_exits_1(own_checkpoint, tmp_path, capsys, monkeypatch):
      "and --variant cpu"),
     (["{ckpt}", "--out", "{out}", "--repository", "{out}/r", "--max-request-memory", "1MiB", "--parity-samples", "1"],
      "a max_request_memory of 1.0 MiB fits no request: one 64x64 label map needs about"),
+    (["{ckpt}", "--out", "{not_a_checkpoint}"], "--out {not_a_checkpoint} is a file; expected a folder"),
 ])
 def test_bad_input_exits_2(own_checkpoint, tmp_path, capsys, argv, message):
     junk = tmp_path / "junk.pth"
@@ -166,7 +167,7 @@ def test_bad_input_exits_2(own_checkpoint, tmp_path, capsys, argv, message):
     names = dict(missing=tmp_path / "missing.pth", out=tmp_path / "out", ckpt=own_checkpoint, not_a_checkpoint=junk)
     status = cli.main(["export", "onnx", *(arg.format(**names) for arg in argv)])
     assert status == 2
-    assert message in capsys.readouterr().err
+    assert message.format(**names) in capsys.readouterr().err
 
 
 def test_max_request_memory_reaches_the_repository(own_checkpoint, tmp_path):
@@ -176,6 +177,121 @@ def test_max_request_memory_reaches_the_repository(own_checkpoint, tmp_path):
     for name in (io_spec.GENERATOR_MODEL, io_spec.PIPELINE_MODEL):
         config = parse(tmp_path / "repository" / name / "config.pbtxt")
         assert config.parameters[MAX_REQUEST_MEMORY].string_value == str(2 * 2 ** 30)
+
+
+EXPORT_ARGS = ("--height", "64", "--width", "64", "--parity-samples", "1")
+
+
+@pytest.fixture(scope="module")
+def diverged_checkpoint(tmp_path_factory):
+    """own_checkpoint's model as a diverged training run leaves it: a NaN in the last conv's bias, so every export
+    of it computes NaN in one channel and fails the parity check for real."""
+    generator = random_generator(GeneratorConfig(label_nc=4, ngf=8, crop_size=64), seed=5)
+    with torch.no_grad():
+        generator.conv_img.bias[0] = float("nan")
+    path = tmp_path_factory.mktemp("diverged") / "G.pt"
+    save_generator(generator, path)
+    return path
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path: what an export left there."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_failed_parity_check_leaves_the_earlier_export(own_checkpoint, diverged_checkpoint, tmp_path, capsys):
+    """--out keeps the export that passed, byte for byte; the failed one is kept aside to inspect, as the error
+    says, and goes when a later export passes."""
+    out = tmp_path / "out"
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(out), *EXPORT_ARGS]) == 0
+    passed = contents(out)
+    assert set(passed) == {"generator.onnx", "parity.json"}
+    capsys.readouterr()
+    status = cli.main(["export", "onnx", str(diverged_checkpoint), "--out", str(out), *EXPORT_ARGS])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "parity check failed: " in err and "differs from the float64 model by max |Δ| = nan" in err
+    assert f"The failed export is in {out / 'failed-export'} for inspection; {out} is otherwise unchanged." in err
+    assert sorted(path.name for path in out.iterdir()) == ["failed-export", "generator.onnx", "parity.json"]
+    assert {name: data for name, data in contents(out).items() if "/" not in name} == passed
+    failed = json.loads((out / "failed-export" / "parity.json").read_text())
+    assert [row["ok"] for row in failed["rows"]] == [True, False, False]  # eager float32 is the yardstick
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(out), *EXPORT_ARGS]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["generator.onnx", "parity.json"]
+
+
+def test_a_failed_repository_step_leaves_out_as_it_was(official_run, own_checkpoint, tmp_path, capsys):
+    """An error after the export (here the repository's memory budget, which needs the exported model to check)
+    leaves --out as it was: its earlier files, or no folder at all where there was none."""
+    out, repository = tmp_path / "out", tmp_path / "repository"
+    small = ["--repository", str(repository), "--max-request-memory", "1MiB"]
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path / "new" / "out"), *EXPORT_ARGS,
+                     *small]) == 2
+    assert not (tmp_path / "new").exists() and not repository.exists()
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(out), *EXPORT_ARGS]) == 0
+    passed = contents(out)
+    capsys.readouterr()
+    assert cli.main(["export", "onnx", str(official_run[3].parent / "latest_net_G.pth"), "--out", str(out),
+                     *EXPORT_ARGS, *small]) == 2
+    assert "a max_request_memory of 1.0 MiB fits no request" in capsys.readouterr().err
+    assert contents(out) == passed and not repository.exists()
+
+
+@pytest.mark.parametrize("text, message", [("nan", "expected a finite number >= 0, got 'nan'"),
+                                           ("inf", "expected a finite number >= 0, got 'inf'"),
+                                           ("-1", "expected a finite number >= 0, got '-1'"),
+                                           ("tiny", "expected a number >= 0, got 'tiny'")])
+def test_tolerance_is_a_finite_number_at_least_zero(own_checkpoint, tmp_path, capsys, text, message):
+    """nan would fail every export and inf pass every one: both are refused, as a negative one is."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path / "out"), "--tolerance", text])
+    assert exit_info.value.code == 2
+    assert f"argument --tolerance: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "trt"])
+@pytest.mark.parametrize("repository, message", [
+    ("{dataset}", "--repository: {dataset} holds ['images', 'labels'], which are not spade models; write the "
+                  "repository to an empty or new directory"),
+    ("{file}", "--repository {file} is a file; expected a folder (created when missing)"),
+    ("{out}", "--repository {out} is the --out folder, and a repository is replaced as a whole: give it a folder "
+              "of its own"),
+    ("{out}/..", "--repository {out}/.. holds --out {out}, and a repository is replaced as a whole"),
+])
+def test_a_repository_that_cannot_be_written_is_refused_before_the_export(own_checkpoint, tmp_path, capsys, kind,
+                                                                          repository, message):
+    """A folder of other things (a dataset), a file, or --out itself (or a folder above it, which the repository
+    would replace): exit 2 before any work, nothing written or removed."""
+    dataset, file, out = tmp_path / "dataset", tmp_path / "notes.txt", tmp_path / "exports" / "out"
+    for folder in ("images", "labels"):
+        (dataset / folder).mkdir(parents=True)
+        (dataset / folder / "0.png").write_bytes(b"png")
+    file.write_text("notes")
+    before = contents(tmp_path)
+    names = dict(dataset=dataset, file=file, out=out)
+    status = cli.main(["export", kind, str(own_checkpoint), "--out", str(out), "--repository",
+                       repository.format(**names), *EXPORT_ARGS])
+    assert status == 2
+    assert message.format(**names) in capsys.readouterr().err
+    assert contents(tmp_path) == before and not out.exists()
+
+
+def test_a_re_export_removes_the_files_it_no_longer_writes(official_run, own_checkpoint, tmp_path):
+    """A VAE generator with its encoder, then a generator without one, into the same --out: no encoder.onnx (nor
+    engines built from the earlier graphs) stays beside it; the user's own files do."""
+    directory, out = official_run[3].parent, tmp_path / "out"
+    assert cli.main(["export", "onnx", str(directory / "latest_net_G.pth"), "--encoder",
+                     str(directory / "latest_net_E.pth"), "--out", str(out), *EXPORT_ARGS]) == 0
+    assert (out / "encoder.onnx").is_file()
+    for name in ("generator.plan", "encoder.plan"):  # as `export trt` leaves them where TensorRT exists
+        (out / name).write_bytes(b"engine")
+    (out / "notes.txt").write_text("mine")
+    (out / "encoder.onnx.backup").write_text("mine too")
+    assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(out), *EXPORT_ARGS]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["encoder.onnx.backup", "generator.onnx", "notes.txt",
+                                                           "parity.json"]
+    assert not OnnxGenerator(out / "generator.onnx").config.use_vae
 
 
 def test_trt_skips_the_engine_with_the_reason(own_checkpoint, tmp_path, capsys):
