@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 8 -m training.train --preset ade20k --dataroot ADEChallengeData2016 \\
         --batch-size 32 --epochs 200 --vgg-weights vgg19.pth --run-dir runs/ade20k
 
-`--dry-run` prints the resolved options as JSON and exits; RUN/training_options.json holds the same tree.
+`--dry-run` makes every check a run makes before it reads the dataset and weight files, then prints the resolved
+options as JSON and exits, writing nothing; RUN/training_options.json holds the same tree.
 `--resume` continues RUN/checkpoints/latest.pt: rerun the original command with it. A different run length is
 refused, since the LR schedule is planned for the length the run started with; `--reschedule` allows it, loudly.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spade_deploy.cli.arguments import positive_int
+from spade_deploy.cli.arguments import check_output_folder, positive_int
 from spade_deploy.model.config import PRESETS, EncoderConfig, generator_preset
 from spade_deploy.training.discriminator import DiscriminatorConfig
 from spade_deploy.training.options import (AMP_MODES, LR_DECAY_MODES, DataOptions, EvalOptions, LossOptions,
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 EMA_DEFAULT_DECAY = 0.999
 LOAD_SIZE_RATIO = 286 / 256  # the official presets resize to 286 before a random 256 crop
+# Option fields filled by a flag of another name (the others are the flag's dest: crop_size is --crop-size).
+FIELD_FLAGS = {"ema_decay": "--ema"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,21 +53,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--preset", choices=sorted(PRESETS), default="custom",
                       help="dataset preset: label layout, sizes and directory layout (default: custom)")
     data.add_argument("--dataroot", required=True, help="dataset folder in the preset's layout")
-    data.add_argument("--label-nc", type=int, help="number of classes without don't-care (required for custom)")
+    data.add_argument("--label-nc", type=positive_int,
+                      help="number of classes without don't-care (required for custom)")
     data.add_argument("--contain-dontcare-label", action="store_true", default=None,
                       help="custom: the label maps use index label_nc (raw 255) for unknown")
     data.add_argument("--use-instance", action="store_true", default=None,
                       help="custom: add instance edges from DATAROOT/instances/*.png")
-    data.add_argument("--crop-size", type=int, help="output width (default: the preset's)")
-    data.add_argument("--load-size", type=int, help="square resize before the random crop (default: crop*286/256)")
+    data.add_argument("--crop-size", type=positive_int,
+                      help="output width (default: the preset's): a multiple of the generator's scale, 32 (cityscapes: "
+                           "of 128, so that the height, half the width, is a multiple of its scale 64)")
+    data.add_argument("--load-size", type=positive_int,
+                      help="square resize before the random crop (default: crop*286/256)")
     data.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process (default: 2)")
 
     model = parser.add_argument_group("model and losses")
-    model.add_argument("--ngf", type=int, default=64, help="generator (and encoder) base width (default: 64)")
-    model.add_argument("--spade-hidden", type=int, default=128,
+    model.add_argument("--ngf", type=positive_int, default=64, help="generator (and encoder) base width (default: 64)")
+    model.add_argument("--spade-hidden", type=positive_int, default=128,
                        help="width of the SPADE modulation convs (default: 128, official)")
-    model.add_argument("--ndf", type=int, default=64, help="discriminator base width (default: 64)")
+    model.add_argument("--ndf", type=positive_int, default=64, help="discriminator base width (default: 64)")
     model.add_argument("--use-vae", action="store_true", help="train the style encoder with a KLD loss")
     model.add_argument("--vgg-weights", help="VGG19 state dict (torchvision key names) for the perceptual loss")
     model.add_argument("--no-vgg-loss", action="store_true", help="train without the VGG perceptual loss")
@@ -72,10 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "are, which weighs the perceptual term about twice as much)")
 
     loop = parser.add_argument_group("optimisation")
-    loop.add_argument("--batch-size", type=int, default=1, help="global batch, split over the processes")
+    loop.add_argument("--batch-size", type=positive_int, default=1, help="global batch, split over the processes")
     length = loop.add_mutually_exclusive_group(required=True)
-    length.add_argument("--max-steps", type=int, help="run length in optimiser steps")
-    length.add_argument("--epochs", type=int, help="run length in passes over the dataset")
+    length.add_argument("--max-steps", type=positive_int, help="run length in optimiser steps")
+    length.add_argument("--epochs", type=positive_int, help="run length in passes over the dataset")
     loop.add_argument("--decay-start", type=float, default=0.5,
                       help="fraction of the run after which the LRs decay linearly to 0 (default: 0.5)")
     loop.add_argument("--lr-decay", choices=LR_DECAY_MODES,
@@ -112,22 +120,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="with --resume and a new --max-steps/--epochs: replan the LR schedule for the new length "
                           "(the LR moves at once; without this flag such a resume is refused)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    run.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default: 1000)")
+    run.add_argument("--save-every", type=positive_int, default=1000, help="steps between checkpoints (default: 1000)")
     run.add_argument("--keep", type=int, default=3, help="step checkpoints kept beside latest.pt (default: 3)")
-    run.add_argument("--log-every", type=int, default=50, help="steps between logged losses (default: 50)")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
+    run.add_argument("--log-every", type=positive_int, default=50, help="steps between logged losses (default: 50)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the options, the device and the run folder as a run does (not the dataset or "
+                          "weight files, which the run reads), print the resolved options as JSON and exit")
 
 
 def build_options(args: argparse.Namespace) -> TrainingOptions:
-    """The options tree of parsed arguments; `ValueError` for any inconsistent choice."""
+    """The options tree of parsed arguments; `ValueError` for any inconsistent choice, naming the flags."""
+    if args.reschedule and not args.resume:
+        raise ValueError("--reschedule changes the schedule of a resumed run; pass it with --resume")
+    if args.eval_dataroot is None and any((args.eval_segmenter, args.eval_inception, args.eval_limit)):
+        raise ValueError("--eval-segmenter, --eval-inception and --eval-limit set up --eval-dataroot's evaluation; "
+                         "pass --eval-dataroot DIR")
+    if args.no_vgg_loss and args.vgg_weights:
+        raise ValueError("--no-vgg-loss and --vgg-weights contradict each other; pass one of them")
+    try:
+        return _options(args)
+    except ValueError as error:  # the configs name their fields (crop_size); the user typed flags (--crop-size)
+        raise ValueError(_name_flags(str(error), args)) from error
+
+
+def _options(args: argparse.Namespace) -> TrainingOptions:
     overrides: dict[str, Any] = {"ngf": args.ngf, "spade_hidden": args.spade_hidden, "use_vae": args.use_vae}
     for name in ("label_nc", "crop_size", "contain_dontcare_label", "use_instance"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     generator = generator_preset(args.preset, **overrides)
     encoder = EncoderConfig.for_crop_size(generator.crop_size, ngf=args.ngf) if args.use_vae else None
-    if args.no_vgg_loss and args.vgg_weights:
-        raise ValueError("--no-vgg-loss and --vgg-weights contradict each other; pass one of them")
     return TrainingOptions(
         generator=generator,
         encoder=encoder,
@@ -151,20 +173,27 @@ def build_options(args: argparse.Namespace) -> TrainingOptions:
     )
 
 
+def _name_flags(message: str, args: argparse.Namespace) -> str:
+    """`message` with the option fields that a flag sets named as that flag: every argument's dest with an
+    underscore (a plain word such as `keep` may be prose), plus FIELD_FLAGS. Dotted keys (generator.crop_size) and
+    flags already spelled out are left as they are."""
+    flags = {name: f"--{name.replace('_', '-')}" for name in vars(args) if "_" in name} | FIELD_FLAGS
+    pattern = r"(?<![\w.-])(" + "|".join(map(re.escape, flags)) + r")(?!\w)"
+    return re.sub(pattern, lambda match: flags[match[1]], message)
+
+
 def run(args: argparse.Namespace) -> int:
-    from spade_deploy.training.loop import train
+    from spade_deploy.training.distributed import local_context
+    from spade_deploy.training.loop import check_start, train
 
     options = build_options(args)
+    check_output_folder(Path(options.run.run_dir), "--run-dir")
     if args.dry_run:
-        if int(os.environ.get("RANK", 0)) == 0:
+        context = local_context(options.run.device)
+        check_start(options, context, resume=args.resume)
+        if context.is_main:
             print(json.dumps(options.to_dict(), indent=2))
         return 0
-    if args.reschedule and not args.resume:
-        raise ValueError("--reschedule changes the schedule of a resumed run; pass it with --resume")
-    if options.eval.dataroot is None and any(getattr(args, name) for name in ("eval_segmenter", "eval_inception",
-                                                                               "eval_limit")):
-        raise ValueError("--eval-segmenter, --eval-inception and --eval-limit set up --eval-dataroot's evaluation; "
-                         "pass --eval-dataroot DIR")
     train(options, resume=args.resume, reschedule=args.reschedule, evaluator=evaluator(options.eval))
     return 0
 

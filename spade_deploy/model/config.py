@@ -6,6 +6,7 @@ checkpoints and inferred from the tensors (plus `opt.txt`, a preset or overrides
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -70,9 +71,14 @@ class GeneratorConfig(_Stored):
             raise ValueError(f"num_upsampling_layers='most' needs an even ngf (last block has ngf/2 channels), "
                              f"got ngf={self.ngf}")
         if self.latent_width < 1 or self.latent_height < 1:
+            # latent_height rounds latent_width / aspect_ratio: 1 or more from a latent_width of floor(ratio / 2) + 1
+            smallest = ""
+            if math.isfinite(self.aspect_ratio):
+                multiple = math.floor(self.aspect_ratio / 2) + 1
+                smallest = f"; crop_size must be at least {2 ** self.num_upsamplings * multiple}"
             raise ValueError(f"crop_size={self.crop_size} with {self.num_upsamplings} upsamplings and aspect_ratio="
                              f"{self.aspect_ratio} leaves an empty latent grid ({self.latent_height}x"
-                             f"{self.latent_width}); crop_size must be at least {2 ** self.num_upsamplings}")
+                             f"{self.latent_width}){smallest}")
 
     @property
     def num_upsamplings(self) -> int:

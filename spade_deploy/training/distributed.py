@@ -27,6 +27,17 @@ class Context:
 
 def setup(device: str) -> Context:
     """Join torchrun's process group (if `WORLD_SIZE` > 1) and pick this rank's device (`auto`, `cpu`, `cuda`)."""
+    context = local_context(device)
+    if context.world_size > 1:
+        use_cuda = context.device.type == "cuda"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                device_id=context.device if use_cuda else None)  # nccl binds the rank to its GPU
+    return context
+
+
+def local_context(device: str) -> Context:
+    """This rank's place in torchrun's job and its device, without joining the process group (what `--dry-run`
+    checks)."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -41,9 +52,6 @@ def setup(device: str) -> Context:
         torch.cuda.set_device(chosen)
     else:
         chosen = torch.device("cpu")
-    if world_size > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                device_id=chosen if use_cuda else None)  # nccl binds the rank to its GPU
     return Context(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 

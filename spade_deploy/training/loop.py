@@ -54,6 +54,49 @@ def train(options: TrainingOptions, *, resume: bool = False, reschedule: bool = 
         distributed.teardown()
 
 
+def check_start(options: TrainingOptions, context: Context, *, resume: bool) -> dict[str, Any] | None:
+    """What a run checks before it reads the dataset or builds a network (`--dry-run` checks it too): the device, the
+    process count, the batch each batch norm sees, and the run folder, which a new run needs free of a run and a
+    resumed one needs holding a checkpoint of the same options. Returns that checkpoint (None for a new run)."""
+    run, config = options.run, options.generator
+    if run.amp == "fp16" and context.device.type != "cuda":
+        raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 or none")
+    if run.batch_size % context.world_size:
+        raise ValueError(f"--batch-size {run.batch_size} (global) must be a multiple of the number of processes "
+                         f"({context.world_size})")
+    per_rank = run.batch_size // context.world_size
+    # The options checked the global batch; unsynchronized batch norms see one process's share of it.
+    if (config.norm != "instance" and not _synchronizes_batch_norm(context)
+            and per_rank * config.latent_height * config.latent_width == 1):
+        raise ValueError(f"--batch-size {run.batch_size} over {context.world_size} processes leaves 1 sample per "
+                         f"process, and at --crop-size {config.crop_size} (a 1x1 latent grid) the generator's first "
+                         f"batch norm, synchronized only on CUDA, sees 1 value per channel: use --batch-size "
+                         f"{2 * context.world_size} or more, or a larger --crop-size")
+    return _read_checkpoint(options, context, resume)
+
+
+def _synchronizes_batch_norm(context: Context) -> bool:
+    """Whether the generator's batch norms become `SyncBatchNorm` (statistics over the global batch)."""
+    return context.device.type == "cuda" and context.world_size > 1
+
+
+def _read_checkpoint(options: TrainingOptions, context: Context, resume: bool) -> dict[str, Any] | None:
+    latest = checkpoints.latest_path(Path(options.run.run_dir))
+    if not resume:
+        if latest.exists():
+            raise ValueError(f"{options.run.run_dir} already holds a run ({latest}); pass --resume to continue it, "
+                             f"or choose another --run-dir")
+        return None
+    if not latest.is_file():
+        raise ValueError(f"--resume: there is no {latest} to continue from; start the run without --resume")
+    checkpoint = read_checkpoint(latest)
+    check_resumable(options, checkpoint["options"])
+    if checkpoint["world_size"] != context.world_size:
+        raise ValueError(f"{latest} was written by {checkpoint['world_size']} processes; resume it with the same "
+                         f"number (torchrun --nproc_per_node x nodes), not {context.world_size}")
+    return checkpoint
+
+
 def lr_factor(step: int, total_steps: int, optim: OptimOptions, steps_per_epoch: int) -> float:
     """The LR multiplier of `step` (0-based): 1 until `decay_start` of the run, then linearly down towards 0.
 
@@ -84,13 +127,8 @@ class Trainer:
         self.evaluator = evaluator
         self._exported: tuple[int, nn.Module] | None = None  # (step, generator) of the last export
         run, config, device = options.run, options.generator, context.device
-        if run.amp == "fp16" and device.type != "cuda":
-            raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 or none")
-        if run.batch_size % context.world_size:
-            raise ValueError(f"--batch-size {run.batch_size} (global) must be a multiple of the number of processes "
-                             f"({context.world_size})")
+        checkpoint = check_start(options, context, resume=resume)
         self.run_dir = Path(run.run_dir)
-        checkpoint = self._read_checkpoint(resume)
         self.batch_per_rank = run.batch_size // context.world_size
 
         # Data: each rank checks its share of the files, and all ranks fail together on any problem.
@@ -120,7 +158,7 @@ class Trainer:
             init_weights(network)
             network.to(device)
         self.ema = GeneratorEMA(self.generator, options.optim.ema_decay) if options.optim.ema_decay else None
-        if device.type == "cuda" and context.world_size > 1:
+        if _synchronizes_batch_norm(context):
             self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)
         vgg = None
         if options.loss.lambda_vgg > 0:
@@ -158,22 +196,6 @@ class Trainer:
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ------------------------------------------------------------------------------------------------ resuming
-
-    def _read_checkpoint(self, resume: bool) -> dict[str, Any] | None:
-        latest = checkpoints.latest_path(self.run_dir)
-        if not resume:
-            if latest.exists():
-                raise ValueError(f"{self.run_dir} already holds a run ({latest}); pass --resume to continue it, or "
-                                 f"choose another --run-dir")
-            return None
-        if not latest.is_file():
-            raise ValueError(f"--resume: there is no {latest} to continue from; start the run without --resume")
-        checkpoint = read_checkpoint(latest)
-        check_resumable(self.options, checkpoint["options"])
-        if checkpoint["world_size"] != self.context.world_size:
-            raise ValueError(f"{latest} was written by {checkpoint['world_size']} processes; resume it with the same "
-                             f"number (torchrun --nproc_per_node x nodes), not {self.context.world_size}")
-        return checkpoint
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         path = checkpoints.latest_path(self.run_dir)

@@ -6,6 +6,7 @@ whole tree. `check_resumable` decides which differences a `--resume` may bring (
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,9 +32,10 @@ class DataOptions:
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {list(PREPROCESS_MODES)}, got {self.preprocess!r}")
-        if self.load_size < 1 or self.num_workers < 0:
-            raise ValueError(f"load_size must be positive and num_workers >= 0, got {self.load_size}, "
-                             f"{self.num_workers}")
+        if self.load_size < 1:
+            raise ValueError(f"load_size must be positive, got {self.load_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class OptimOptions:
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start is a fraction of the run in [0, 1], got {self.decay_start}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema decay must lie in (0, 1), e.g. 0.999, got {self.ema_decay}")
+            raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.999, got {self.ema_decay}")
         if self.lr_decay not in LR_DECAY_MODES:
             raise ValueError(f"lr_decay must be one of {list(LR_DECAY_MODES)}, got {self.lr_decay!r}")
         if self.ema_bn_batches < 1:
@@ -91,9 +93,9 @@ class RunOptions:
         for name in ("batch_size", "max_steps", "epochs", "save_every", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.keep < 0:
-            raise ValueError(f"keep must be >= 0, got {self.keep}")
+            raise ValueError(f"--keep must be >= 0, got {self.keep}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -145,9 +147,77 @@ class TrainingOptions:
                                  f"preprocess 'fixed'")
             if self.data.load_size < config.crop_size:
                 raise ValueError(f"load_size {self.data.load_size} is smaller than crop_size {config.crop_size}")
+        _check_sizes(config, self.run.batch_size)
+        _check_discriminator_scales(self.discriminator, config)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_sizes(config: GeneratorConfig, batch_size: int) -> None:
+    """The generator trains at exactly the size asked for, and its first norm layer (SPADE in head_0, on the latent
+    grid) has more than one value per channel to normalise: batch norm over batch x grid, instance norm over the grid.
+    How the batch is split over processes is the loop's check (`loop.check_start`)."""
+    scale = 2 ** config.num_upsamplings
+    upsamplings = f"2**{config.num_upsamplings} upsamplings, num_upsampling_layers {config.num_upsampling_layers!r}"
+    if not _exact(config):
+        height, width = config.image_size
+        aspect = f" at aspect_ratio {config.aspect_ratio:g}" if config.aspect_ratio != 1.0 else ""
+        nearest = _nearest_crop_sizes(config, _exact)
+        fix = (f"crop_size {' or '.join(map(str, nearest))}" if nearest
+               else f"a crop_size that makes both sides multiples of {scale}")
+        raise ValueError(f"crop_size {config.crop_size}{aspect} asks for {config.crop_size / config.aspect_ratio:g}x"
+                         f"{config.crop_size} (HxW) images, but the generator's sides are multiples of {scale} "
+                         f"({upsamplings}): it would train at {height}x{width}. Use {fix}")
+    if config.latent_height * config.latent_width > 1:
+        return
+    # An exact crop with a 1x1 grid is square, so twice the crop (a 2x2 grid) is always found.
+    grid = f"crop_size {config.crop_size} gives the generator a 1x1 latent grid (crop_size / {scale}: {upsamplings})"
+    larger = _nearest_crop_sizes(config, lambda c: _exact(c) and c.latent_height * c.latent_width > 1)[-1]
+    if config.norm == "instance":
+        raise ValueError(f"{grid}, and its first instance norm (SPADE in head_0) cannot normalise a single value per "
+                         f"channel and sample. Use crop_size {larger} or more")
+    if batch_size == 1:
+        raise ValueError(f"{grid}: with batch_size 1 its first batch norm (SPADE in head_0) sees 1 value per channel, "
+                         f"and batch norm cannot train on one. Use crop_size {larger} or more, or batch_size 2 or more")
+
+
+def _exact(config: GeneratorConfig) -> bool:
+    """Whether the generator's images are the crop: crop_size wide and crop_size / aspect_ratio high."""
+    height, width = config.image_size
+    return width == config.crop_size and height == config.crop_size / config.aspect_ratio
+
+
+def _nearest_crop_sizes(config: GeneratorConfig, fits: Callable[[GeneratorConfig], bool]) -> list[int]:
+    """The nearest crop sizes below and above `config.crop_size` for which `fits` holds: multiples of the generator's
+    scale, up to 64 of them above (an aspect ratio that no multiple satisfies gets none)."""
+    scale = 2 ** config.num_upsamplings
+    multiple = config.crop_size // scale
+    found = []
+    for candidates in (range(multiple, 0, -1), range(multiple + 1, multiple + 65)):
+        for crop in (candidate * scale for candidate in candidates):
+            try:
+                candidate = config.replace(crop_size=crop)
+            except ValueError:  # an empty latent grid
+                continue
+            if crop != config.crop_size and fits(candidate):
+                found.append(crop)
+                break
+    return found
+
+
+def _check_discriminator_scales(discriminator: DiscriminatorConfig, config: GeneratorConfig) -> None:
+    """Each scale average-pools the previous one's input by 2 (rounding up); the instance norms of the middle layers
+    (present from n_layers 2) need more than one value per channel, so the last scale must see more than 1x1."""
+    if discriminator.n_layers < 2:
+        return
+    largest = max(config.image_size)
+    smallest = [-(-side // 2 ** (discriminator.num_d - 1)) for side in config.image_size]
+    if smallest == [1, 1]:
+        usable = next(scales for scales in range(1, discriminator.num_d) if largest <= 2 ** scales)
+        raise ValueError(f"the discriminator's num_d={discriminator.num_d} scales pool the {config.image_size[0]}x"
+                         f"{config.image_size[1]} images down to 1x1, where its instance norms have a single value "
+                         f"per channel: use num_d {usable} or less, or a larger crop_size")
 
 
 # Options a resumed run may change: where things are, how fast they run, what a save exports, how long training goes
