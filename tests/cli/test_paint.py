@@ -8,7 +8,7 @@ import pytest
 
 from spade_deploy import cli
 from spade_deploy.serve.server import free_port, free_ports
-from tests.cli.test_serve import NOT_HERE, _binds
+from tests.fixtures.hosts import NOT_HERE, skip_where_bound
 from tests.studio.process import Studio
 
 
@@ -54,8 +54,8 @@ def test_paint_takes_only_ports_in_the_range(value: str, capsys: pytest.CaptureF
     (NOT_HERE, f"--host {NOT_HERE} is not an address of this machine; give one of its addresses: 127.0.0.1"),
 ])
 def test_paint_reports_a_bad_host_as_such(host: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
-    if host == NOT_HERE and _binds(host):
-        pytest.skip(f"this machine binds {host} (net.ipv4.ip_nonlocal_bind?): no address is foreign to it")
+    if host == NOT_HERE:
+        skip_where_bound(host)
     assert cli.main(["paint", "--host", host, "--port", "0"]) == cli.USER_ERROR
     err = capsys.readouterr().err
     assert words in err and "--port" not in err, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from spade_deploy.model.labels import write_label_png
 from spade_deploy.serve.server import TritonServer, free_ports
 from spade_deploy.serve.supervisor import Supervisor
 from spade_deploy.serve.repository import write_repository
+from tests.fixtures.hosts import NOT_HERE, skip_where_bound
 from tests.fixtures.serving import Exported, require_triton
 
 
@@ -96,17 +96,14 @@ def _fake_repository(folder: Path) -> Path:
     return folder
 
 
-NOT_HERE = "192.0.2.1"  # TEST-NET-1 (RFC 5737): for documentation, an address of no machine
-
-
 @pytest.mark.parametrize("host, message", [
     ("256.1.1.1", "--host 256.1.1.1 cannot be resolved to an IPv4 address ("),
     (NOT_HERE, f"--host {NOT_HERE} is not an address of this machine; give one of its addresses: 127.0.0.1"),
 ])
 def test_a_bad_host_is_reported_as_such_before_any_port(host: str, message: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    if host == NOT_HERE and _binds(host):
-        pytest.skip(f"this machine binds {host} (net.ipv4.ip_nonlocal_bind?): no address is foreign to it")
+    if host == NOT_HERE:
+        skip_where_bound(host)
     key = tmp_path / "admin.key"
     status = cli.main(["serve", "--repository", str(_fake_repository(tmp_path / "repository")), "--host", host,
                        "--admin-key-file", str(key)])
@@ -114,15 +111,6 @@ def test_a_bad_host_is_reported_as_such_before_any_port(host: str, message: str,
     assert status == cli.USER_ERROR, err
     assert message in err and "port" not in err, err
     assert not key.exists()
-
-
-def _binds(host: str) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, 0))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.parametrize("make, options, message", [
