@@ -154,6 +154,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.max_request_memory is not None and (args.repository is None or args.variant != "cpu"):
         raise ValueError("--max-request-memory sets the budget of a cpu Triton repository: give it with --repository "
                          "and --variant cpu")
+    if args.max_request_memory is not None:
+        _check_memory_budget(args)
     if args.repository is None:
         return
     check_output_folder(args.repository, "--repository")
@@ -166,6 +168,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_replaceable(args.repository)
     except ValueError as error:
         raise ValueError(f"--repository: {error}") from None
+
+
+def _check_memory_budget(args: argparse.Namespace) -> None:
+    """`--max-request-memory` against the model's estimate for one label map, from the checkpoint's config (a load
+    of a few seconds), before minutes of export: `write_repository` checks the same."""
+    from spade_deploy.model.checkpoint import load_generator
+    from spade_deploy.serve.repository import memory_budget
+
+    overrides = {"num_upsampling_layers": args.num_upsampling_layers} if args.num_upsampling_layers else {}
+    config = load_generator(args.checkpoint, preset=args.preset, **overrides).config
+    height, width = size_of(args) or config.image_size
+    try:
+        memory_budget(args.max_request_memory, args.variant, config, height, width,
+                      getattr(args, "max_batch", None) or DEFAULT_MAX_BATCH)
+    except ValueError as error:
+        raise ValueError(f"--max-request-memory: {error}") from None
 
 
 def export(args: argparse.Namespace, precision: str, folder: Path):  # -> spade_deploy.export.pipeline.Exported

@@ -99,7 +99,7 @@ def write_repository(repo_dir: str | Path, generator_onnx: str | Path, encoder_o
     if encoder_onnx is not None:
         graphs[io_spec.ENCODER_MODEL] = (encoder_onnx, io_spec.encoder_io())
     max_batch_size = _max_batch_size(engines, variant, graphs, max_batch_size)
-    budget = _memory_budget(max_request_memory, variant, config, height, width, max_batch_size)
+    budget = memory_budget(max_request_memory, variant, config, height, width, max_batch_size)
     check_replaceable(repo_dir)
 
     described = describe(config, height, width)
@@ -188,7 +188,7 @@ def _engine_max_batch(name: str, engine: Path, model_io: io_spec.ModelIO) -> int
     return largest
 
 
-def _memory_budget(max_request_memory: int | None, variant: str, config: GeneratorConfig, height: int,
+def memory_budget(max_request_memory: int | None, variant: str, config: GeneratorConfig, height: int,
                    width: int, max_batch_size: int) -> int | None:
     """The checked `max_request_memory` of the cpu variant (None for gpu, whose graphs run in GPU memory that this
     estimate does not describe)."""

@@ -220,9 +220,10 @@ def test_a_failed_parity_check_leaves_the_earlier_export(own_checkpoint, diverge
     assert sorted(path.name for path in out.iterdir()) == ["generator.onnx", "parity.json"]
 
 
-def test_a_failed_repository_step_leaves_out_as_it_was(official_run, own_checkpoint, tmp_path, capsys):
-    """An error after the export (here the repository's memory budget, which needs the exported model to check)
-    leaves --out as it was: its earlier files, or no folder at all where there was none."""
+def test_a_memory_budget_that_fits_no_request_is_refused_before_the_export(official_run, own_checkpoint, tmp_path,
+                                                                           capsys):
+    """--max-request-memory is checked against the checkpoint's config before the export: --out keeps its earlier
+    files, and is not made where there was none."""
     out, repository = tmp_path / "out", tmp_path / "repository"
     small = ["--repository", str(repository), "--max-request-memory", "1MiB"]
     assert cli.main(["export", "onnx", str(own_checkpoint), "--out", str(tmp_path / "new" / "out"), *EXPORT_ARGS,
@@ -235,6 +236,22 @@ def test_a_failed_repository_step_leaves_out_as_it_was(official_run, own_checkpo
                      *EXPORT_ARGS, *small]) == 2
     assert "a max_request_memory of 1.0 MiB fits no request" in capsys.readouterr().err
     assert contents(out) == passed and not repository.exists()
+
+
+def test_an_error_inside_the_staged_block_leaves_out_as_it_was(tmp_path):
+    """Any error after files were written to the staged folder (a repository step, an engine build) leaves --out as
+    it was, and removes the folders the stage made for it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "generator.onnx").write_bytes(b"earlier")
+    with pytest.raises(RuntimeError, match="engine build failed"), pipeline.staged(out) as folder:
+        (folder / "generator.onnx").write_bytes(b"new")
+        raise RuntimeError("engine build failed")
+    assert contents(out) == {"generator.onnx": b"earlier"}
+    with pytest.raises(RuntimeError), pipeline.staged(tmp_path / "new" / "out") as folder:
+        (folder / "generator.onnx").write_bytes(b"new")
+        raise RuntimeError("engine build failed")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("text, message", [("nan", "expected a finite number >= 0, got 'nan'"),
