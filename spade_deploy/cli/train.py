@@ -207,6 +207,12 @@ def evaluator(options: EvalOptions) -> Callable[[nn.Module], dict[str, float]] |
     from spade_deploy.evaluation.evaluate import evaluate
     from spade_deploy.evaluation.inception import load_inception
 
+    # Before the run writes anything: the evaluation first reads these at step 0.
+    if not Path(options.dataroot).is_dir():
+        raise ValueError(f"--eval-dataroot {options.dataroot} is not a folder; expected the validation split")
+    if options.segmenter is not None and not Path(options.segmenter).is_file():
+        raise ValueError(f"--eval-segmenter {options.segmenter} is not a file; expected an ONNX segmenter "
+                         f"(spade-deploy train-segmenter)")
     segmenter = options.segmenter or bundled_segmenter()
     inception = load_inception(options.inception) if options.inception else None
 

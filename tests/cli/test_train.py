@@ -41,6 +41,17 @@ def test_evaluation_options_need_a_split(tmp_path: Path, capsys: pytest.CaptureF
     assert "pass --eval-dataroot DIR" in capsys.readouterr().err
 
 
+def test_evaluation_files_are_checked_before_the_run_writes_anything(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--label-nc", "3", "--dataroot", str(tmp_path), "--max-steps", "1", "--run-dir",
+            str(tmp_path / "run"), "--no-vgg-loss", "--device", "cpu"]
+    assert cli.main([*args, "--eval-dataroot", str(tmp_path / "missing")]) == 2
+    assert f"--eval-dataroot {tmp_path / 'missing'} is not a folder" in capsys.readouterr().err
+    assert cli.main([*args, "--eval-dataroot", str(tmp_path), "--eval-segmenter", str(tmp_path / "seg.onnx")]) == 2
+    assert f"--eval-segmenter {tmp_path / 'seg.onnx'} is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------- refusals before any work
 
 def tiny_args(dataroot: Path, run_dir: Path, *extra: str) -> list[str]:
