@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import importlib.util
 import os
 import re
@@ -425,8 +426,17 @@ def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
     with contextlib.ExitStack() as stack:
         probes = [stack.enter_context(socket.socket()) for _ in range(count)]
         for probe in probes:
-            probe.bind((_connect_host(host), 0))
+            try:
+                probe.bind((_connect_host(host), 0))
+            except OSError as error:
+                raise ServerError(f"cannot listen on {host} ({error.strerror}): "
+                                  f"{_BIND_HINTS.get(error.errno, 'check the host')}") from None
         return [probe.getsockname()[1] for probe in probes]
+
+
+# What to change when a port cannot be bound for another reason than being taken.
+_BIND_HINTS = {errno.EACCES: "ports below 1024 need privileges; choose a port from 1024 up",
+               errno.EADDRNOTAVAIL: "the host is not an address of this machine"}
 
 
 def _check_port_free(host: str, port: int, kind: str) -> None:
@@ -435,5 +445,8 @@ def _check_port_free(host: str, port: int, kind: str) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise ServerError(f"the {kind} port {host}:{port} is taken ({error.strerror}); stop what uses it or "
-                              f"choose another with --{kind}-port") from None
+            if error.errno == errno.EADDRINUSE:
+                raise ServerError(f"the {kind} port {host}:{port} is taken ({error.strerror}); stop what uses it or "
+                                  f"choose another with --{kind}-port") from None
+            raise ServerError(f"cannot listen on {host}:{port} for {kind} ({error.strerror}): "
+                              f"{_BIND_HINTS.get(error.errno, 'check --host and --' + kind + '-port')}") from None

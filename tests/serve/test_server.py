@@ -23,6 +23,7 @@ from spade_deploy.model import io_spec
 from spade_deploy.serve.server import (ADMIN_HEADER, SHM_DIR, ServerError, TritonInstallation, TritonServer,
                                        python_stubs)
 from spade_deploy.serve.repository import write_repository
+from tests.fixtures.hosts import NOT_HERE, skip_where_bound
 from tests.fixtures.serving import Exported, Served, as_bf16_export, require_triton
 
 
@@ -48,6 +49,16 @@ def test_a_taken_port_is_reported_before_launch(repository: Path) -> None:
         port = taken.getsockname()[1]
         server = TritonServer(repository, grpc_port=port)
         with pytest.raises(ServerError, match=f"the grpc port 127.0.0.1:{port} is taken .*--grpc-port"):
+            server.start()
+        assert server.pid is None
+
+
+def test_an_address_of_no_machine_is_not_called_a_taken_port(repository: Path) -> None:
+    skip_where_bound(NOT_HERE)
+    for ports in ({}, {"grpc_port": 8001, "http_port": 8000, "metrics_port": 8002}):  # free ports picked, or given
+        server = TritonServer(repository, host=NOT_HERE, **ports)
+        with pytest.raises(ServerError, match=f"cannot listen on {NOT_HERE}.* the host is not an address of this "
+                                              f"machine"):
             server.start()
         assert server.pid is None
 
