@@ -55,6 +55,9 @@ _GOING_AWAY = re.compile(r"server is stopping|server not ready|has no available 
                          r"model '[^']+' is not ready", re.I)
 
 
+MAX_TIMEOUT = 1e6  # seconds (11.6 days): the longest request timeout the client takes
+
+
 class SpadeClientError(Failure):
     """Base of every error the SPADE clients raise."""
 
@@ -88,6 +91,9 @@ class _Calls:
     def __init__(self, url: Urls, timeout: float, retries: int, backoff: float, retry_time: float) -> None:
         self.urls = _check_urls(url)  # gRPC addresses `host:port`, tried in this order from the one that answered
         self.timeout = _check_seconds("timeout", timeout, zero=False)  # seconds for each request to a server
+        if self.timeout > MAX_TIMEOUT:  # gRPC deadlines further out overflow: every call would time out at once
+            raise InvalidInput(f"timeout must be at most {MAX_TIMEOUT:,.0f} s (gRPC deadlines beyond that overflow), "
+                               f"got {timeout!r}")
         self.retries = _check_retries(retries)  # extra rounds over all addresses when none answered
         self.backoff = _check_seconds("backoff", backoff, zero=True)  # seconds before the first retry, doubling
         self.retry_time = _check_seconds("retry_time", retry_time, zero=False)  # no retry starts later than this

@@ -244,6 +244,8 @@ def _wait_for_pending_request(server: TritonServer, timeout: float = 30.0) -> No
     (dict(timeout=0), "timeout must be a finite number of seconds > 0, got 0"),
     (dict(timeout=None), "timeout must be a finite number of seconds > 0, got None"),
     (dict(timeout=float("nan")), "timeout must be a finite number of seconds > 0, got nan"),
+    (dict(timeout=1e10), "timeout must be at most 1,000,000 s (gRPC deadlines beyond that overflow), got "
+                         "10000000000.0"),
     (dict(retries=-1), "retries must be an integer >= 0 (0: no retries), got -1"),
     (dict(retries=1.5), "retries must be an integer >= 0 (0: no retries), got 1.5"),
     (dict(backoff=-0.1), "backoff must be a finite number of seconds >= 0, got -0.1"),
