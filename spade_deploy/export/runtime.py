@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from spade_deploy.errors import Failure
 from spade_deploy.export.metadata import read_export_metadata
-from spade_deploy.export.precision import BF16, FP16, FP32, ONNXRUNTIME, runtime_for
+from spade_deploy.export.precision import BF16, CPU_PRECISIONS, FP16, FP32, ONNXRUNTIME, runtime_for
 from spade_deploy.model import io_spec
 from spade_deploy.model.images import as_rgb_batch
 from spade_deploy.model.memory import release_freed_heap
@@ -32,8 +33,11 @@ def make_session(path: str | Path, *, threads: int | None = None, providers: lis
     """An ONNX Runtime session with the deployment's options (`session_options`) or the given ones; the heap that
     loading freed goes back to the system (`release_freed_heap`)."""
     path = _existing(path)
-    session = ort.InferenceSession(str(path), options or session_options(threads),
-                                   providers=providers or ["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options or session_options(threads),
+                                       providers=providers or ["CPUExecutionProvider"])
+    except InvalidProtobuf:
+        raise ValueError(f"{path} is not a readable ONNX model (ONNX Runtime cannot parse it)") from None
     release_freed_heap()
     return session
 
@@ -43,6 +47,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     threads. The memory pattern (one buffer planned for a whole run, allocated beside the arena blocks of the run it
     was planned from) raised the peak resident memory of the ADE20K 256x256 sparse export by ~190 MiB and of the plain
     one by ~220 MiB, and bought no speed for either (benchmarks/results/2026-12-01-amd-epyc-f26m2-2c-memory-pattern)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer (or None: ONNX Runtime's default), got {threads!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_mem_pattern = False
@@ -137,6 +143,8 @@ def open_session(path: str | Path, precision: str = FP32, *, threads: int | None
     """The session an export at `precision` runs in (both take `.run(output_names, feeds)`) and the precision it
     computes in: fp32 in ONNX Runtime (its CPU kernels; `providers` apply), bf16 in OpenVINO (as OpenVINO reports what
     it chose: f32 on a CPU without bf16 hardware)."""
+    if precision not in CPU_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(CPU_PRECISIONS)}, got {precision!r}")
     if runtime_for(precision) == ONNXRUNTIME:
         return make_session(path, threads=threads, providers=providers), FP32
     if providers:
@@ -176,6 +184,10 @@ class OnnxEncoder:
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.io = io_spec.encoder_io()
         self.session = make_session(path, threads=threads, providers=providers)
+        inputs = [node.name for node in self.session.get_inputs()]
+        if inputs != [io_spec.STYLE]:
+            raise ValueError(f"{path} is not a style encoder export: its inputs are {inputs}, an encoder's "
+                             f"[{io_spec.STYLE!r}] (encoder.onnx of `spade-deploy export onnx --encoder`)")
 
     def __call__(self, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self.session.run(self.io.output_names, {io_spec.STYLE: as_rgb_batch(style)})

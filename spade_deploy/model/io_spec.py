@@ -158,7 +158,12 @@ def check_z(z: ArrayLike | None, config: GeneratorConfig, batch: int) -> np.ndar
         raise ValueError(f"z must hold floats, got dtype {array.dtype}")
     if array.shape != (batch, config.z_dim):
         raise ValueError(f"z must have shape [{batch}, {config.z_dim}], got {list(array.shape)}")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # reported below
+        latent = array.astype(np.float32)
+    if not np.isfinite(latent).all():  # float64 beyond float32's range becomes inf here
+        raise ValueError(f"z must be finite in float32, got {int((~np.isfinite(latent)).sum())} values that are "
+                         f"not (nan, inf, or beyond ±3.4e38)")
+    return latent
 
 
 def check_encoder_fits(config: GeneratorConfig) -> None:

@@ -13,7 +13,7 @@ from spade_deploy.model.tensors import rgb_to_tensor
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.export.metadata import ExportMetadata, read_export_metadata
 from spade_deploy.export.onnx import export_encoder_onnx, export_generator_onnx
-from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator
+from spade_deploy.export.runtime import OnnxEncoder, OnnxGenerator, make_session, open_session
 from spade_deploy.model.synthetic import random_encoder, random_generator, random_style, synthetic_batch
 
 TOLERANCE = 1e-4
@@ -199,6 +199,30 @@ class TestRuntimeRejectsBadInput:
         with pytest.raises(ValueError, match="no such ONNX file"):
             OnnxGenerator(tmp_path / "missing.onnx")
 
+    def test_sessions_refuse_what_they_cannot_run(self, tmp_path):
+        """A file that is no ONNX model, a precision no CPU export has, bad thread counts and a generator taken for
+        an encoder: one ValueError each, not ONNX Runtime's own errors."""
+        (tmp_path / "junk.onnx").write_bytes(b"not a model")
+        with pytest.raises(ValueError, match=r"junk.onnx is not a readable ONNX model \(ONNX Runtime cannot parse"):
+            open_session(tmp_path / "junk.onnx")
+        path = export_generator_onnx(random_generator(VARIANTS[0][1]), tmp_path / "g.onnx")
+        with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], got 'fp64'"):
+            open_session(path, "fp64")
+        for threads in (-1, 0, 1.5, True):
+            with pytest.raises(ValueError, match="threads must be a positive integer"):
+                make_session(path, threads=threads)
+        with pytest.raises(ValueError, match=r"is not a style encoder export: its inputs are \['label', 'instance'\]"):
+            OnnxEncoder(path)
+
     def test_export_size_not_multiple(self, tmp_path):
         with pytest.raises(ValueError, match="multiples of 32"):
             export_generator_onnx(random_generator(VARIANTS[0][1]), tmp_path / "g.onnx", height=48, width=64)
+
+
+def test_a_vae_latent_must_be_finite_in_float32(tmp_path):
+    config = next(config for name, config in VARIANTS if config.use_vae)
+    model = OnnxGenerator(export_generator_onnx(random_generator(config), tmp_path / "g.onnx"))
+    labels, instances = synthetic_batch(config, 1)
+    for z in (np.full((1, config.z_dim), np.nan, np.float32), np.full((1, config.z_dim), 1e300)):
+        with pytest.raises(ValueError, match=r"z must be finite in float32, got \d+ values that are not"):
+            model(labels, instances, z)
