@@ -128,7 +128,10 @@ def load_generator(path: str | Path, *, preset: str | None = None, **overrides: 
 
 
 def load_encoder(path: str | Path, *, preset: str | None = None, **overrides: Any) -> ConvEncoder:
-    """An eval-mode style encoder from our checkpoint or an official `*_net_E.pth` (config at `.config`)."""
+    """An eval-mode style encoder from our checkpoint or an official `*_net_E.pth` (config at `.config`). `preset` is
+    taken for symmetry with `load_generator` (an encoder has no label layout): it is only checked to be known."""
+    if preset is not None:
+        preset_fields(preset)  # a ValueError naming the presets
     path = Path(path)
     payload = read_checkpoint(path)
     if payload.get("format") == FORMAT:

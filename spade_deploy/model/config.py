@@ -23,6 +23,7 @@ class _Stored:
     served models store them as."""
 
     def replace(self, **changes: Any) -> Self:
+        self._check_known(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -30,11 +31,15 @@ class _Stored:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
+        cls._check_known(values)
+        return cls(**values)
+
+    @classmethod
+    def _check_known(cls, values: dict[str, Any]) -> None:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class GeneratorConfig(_Stored):
 
     def __post_init__(self) -> None:
         _check_positive(self, "label_nc", "ngf", "z_dim", "spade_hidden", "crop_size")
+        for name in ("contain_dontcare_label", "use_instance", "use_vae", "spectral"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if self.num_upsampling_layers not in NUM_UPSAMPLINGS:
@@ -65,8 +73,8 @@ class GeneratorConfig(_Stored):
             raise ValueError(f"norm must be one of {list(NORM_TYPES)}, got {self.norm!r}")
         if self.spade_kernel < 1 or self.spade_kernel % 2 == 0:
             raise ValueError(f"spade_kernel must be a positive odd number, got {self.spade_kernel}")
-        if self.aspect_ratio <= 0:
-            raise ValueError(f"aspect_ratio must be positive, got {self.aspect_ratio}")
+        if not 0 < self.aspect_ratio < float("inf"):  # also refuses nan
+            raise ValueError(f"aspect_ratio must be a finite positive number, got {self.aspect_ratio}")
         if self.num_upsampling_layers == "most" and self.ngf % 2:
             raise ValueError(f"num_upsampling_layers='most' needs an even ngf (last block has ngf/2 channels), "
                              f"got ngf={self.ngf}")
