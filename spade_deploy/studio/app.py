@@ -7,9 +7,10 @@
     GET  /api/examples           [{"name", "url"}] of example label maps
     GET  /api/examples/{i}.png   example i as a label PNG in the model's encoding
 
-Every error is JSON `{"error": "..."}`: 400 for a bad input (the client library's words), 413 for a body over the
-limit, 404 for an unknown path or example, 502/503/504 when the backend (a Triton server) fails, is gone or is slow.
-One synthesis runs at a time: the page sends at most one request at once, and the CPU is the model's.
+Every GET also answers HEAD (its headers alone). Every error is JSON `{"error": "..."}`: 400 for a bad input (the
+client library's words), 413 for a body over the limit, 404 for an unknown path or example, 502/503/504 when the
+backend (a Triton server) fails, is gone or is slow. One synthesis runs at a time: the page sends at most one request
+at once, and the CPU is the model's.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -51,19 +53,22 @@ def create_app(backend: Backend, *, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="spade-deploy studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
+    def get(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return app.api_route(path, methods=["GET", "HEAD"])  # HTTP asks every GET resource to take HEAD too
+
+    @get("/")
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/api/model")
+    @get("/api/model")
     def model() -> dict[str, object]:
         return description
 
-    @app.get("/api/examples")
+    @get("/api/examples")
     def example_list() -> list[dict[str, str]]:
         return [{"name": name, "url": f"/api/examples/{index}.png"} for index, (name, _) in enumerate(examples)]
 
-    @app.get("/api/examples/{index:int}.png")
+    @get("/api/examples/{index:int}.png")
     def example(index: int) -> Response:
         if not 0 <= index < len(examples):
             raise HTTPException(404, f"no example {index}: this model has {len(examples)}"
@@ -80,7 +85,7 @@ def create_app(backend: Backend, *, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     async def synthesize(request: Request) -> Response:
         body = await read_body(request.stream(), max_body)
         parsed = await run_in_threadpool(parse_synthesis, body, request.headers.get("content-type", ""),
-                                         request.query_params.get("seed"), config, height, width)
+                                         request.query_params.getlist("seed"), config, height, width)
         return await run_in_threadpool(_synthesize, parsed)
 
     def _synthesize(request: SynthesisRequest) -> Response:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from spade_deploy.data.landscapes import (CLASSES, MOUNTAIN, SKY, VALIDATION_SEED, WATER, bundled_model, render,
                                           sample_seed)
-from spade_deploy.model import io_spec
+from spade_deploy.model import io_spec, memory
 from spade_deploy.model.checkpoint import load_generator
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.labels import read_label_png, write_label_png
@@ -24,11 +24,12 @@ from spade_deploy.model.sampling import sample_latent
 from spade_deploy.model.tensors import tensor_to_rgb, to_semantic_input
 from spade_deploy.serve.repository import write_repository
 from spade_deploy.serve.server import TritonServer
-from spade_deploy.studio.bodies import MAX_BODY_BYTES
+from spade_deploy.studio.bodies import MAX_BODY_BYTES, STYLE_MEMORY
 from tests.fixtures.serving import Exported, require_triton
 from tests.studio.process import Studio, assert_close
 
 SIZE = 128  # the bundled model's
+SEED_WORDS = "seeds must be whole numbers in decimal digits from -9223372036854775808 to 9223372036854775807 (int64)"
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,13 @@ def sky_mountains_water() -> np.ndarray:
 
 
 def reader_words(tmp_path: Path, data: bytes, config: GeneratorConfig) -> str:
-    """What the client library says of this file as a label map (it reads label files with read_label_png)."""
+    """What the client library says of this file as a label map (it reads label files with read_label_png), naming
+    the body "the label map", as the studio does: a body has no file name."""
     folder = tmp_path / "client"
     folder.mkdir(exist_ok=True)
     (folder / "labels.png").write_bytes(data)
-    return refusal(lambda path: read_label_png(path, config), folder / "labels.png").replace(f"{folder}/", "")
+    words = refusal(lambda path: read_label_png(path, config), folder / "labels.png")
+    return words.replace(str(folder / "labels.png"), "the label map").replace(" is a RGB image", " is an RGB image")
 
 
 def refusal(function: Callable[[Any], object], argument: Any) -> str:
@@ -120,7 +123,7 @@ def test_bad_requests_get_the_client_librarys_words_and_the_server_keeps_serving
     good = sky_mountains_water()
     out_of_range = good.copy()
     out_of_range[:3, :4] = 12
-    bad_range = label_bytes(tmp_path, out_of_range, config)
+    bad_range = png_file(tmp_path / "bad-range.png", out_of_range)  # raw value = class index; write_label_png refuses
     rgb = png_file(tmp_path / "rgb.png", np.zeros((SIZE, SIZE, 3), np.uint8))
     small = label_bytes(tmp_path, good[:64, :64], config)
     wrong_size = refusal(lambda labels: io_spec.check_labels(labels, config, SIZE, SIZE), good[:64, :64])
@@ -147,9 +150,15 @@ def test_bad_requests_get_the_client_librarys_words_and_the_server_keeps_serving
             {"labels": base64.b64encode(label_bytes(tmp_path, good, config)).decode(),
              "style": base64.b64encode(rgb).decode()}).encode(), "application/json", 400, styled),
         "seed not an integer": ("/api/synthesize?seed=seven", label_bytes(tmp_path, good, config), "image/png", 400,
-                                "seeds must be integers that fit int64, got 'seven'"),
+                                f"{SEED_WORDS}, got 'seven'"),
         "JSON that does not parse": ("/api/synthesize", b"{labels", "application/json", 400,
                                      f"the JSON body does not parse: {refusal(json.loads, b'{labels')}"),
+        "JSON nested too deeply": ("/api/synthesize", b"[" * 100000 + b"]" * 100000, "application/json", 400,
+                                   "the JSON body does not parse: it nests too deeply"),
+        "JSON as text/plain": ("/api/synthesize", b'{"labels": ""}', "text/plain", 400,
+                               "the body looks like JSON, but its Content-Type is text/plain; send JSON as "
+                               "application/json or text/json or application/*+json, or the label PNG itself as the "
+                               "body"),
         "unknown JSON field": ("/api/synthesize", b'{"labels": "", "colour": 1}', "application/json", 400,
                                "unknown JSON fields ['colour']; the fields are ['labels', 'seed', 'style']"),
         "labels not base64": ("/api/synthesize", b'{"labels": "not base64!"}', "application/json", 400,
@@ -160,12 +169,42 @@ def test_bad_requests_get_the_client_librarys_words_and_the_server_keeps_serving
         reply = bundled_studio.post(path, body, content_type)
         assert (reply.status, reply.headers["Content-Type"]) == (status, "application/json"), (name, reply.body)
         assert reply.json() == {"error": words}, name
+    # The body is no file of the user's: the words name it "the label map", not a made-up file name.
+    assert cases["RGB PNG"][-1].startswith("the label map is an RGB image; "), cases["RGB PNG"][-1]
     missing = bundled_studio.get("/api/examples/6.png")
     assert (missing.status, missing.json()) == (404, {"error": "no example 6: this model has 6 (0..5)"})
     assert bundled_studio.get("/nowhere").status == 404
 
     reply = bundled_studio.post("/api/synthesize", label_bytes(tmp_path, good, config))
     assert_close(reply.image(), local_landscape(landscape_generator, good))
+
+
+def peak_memory(studio: Studio) -> int:
+    """The studio process's peak resident memory so far, in bytes (Linux's VmHWM)."""
+    for line in Path(f"/proc/{studio.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def test_a_small_png_of_a_huge_label_map_is_refused_by_its_header(bundled_studio: Studio, tmp_path: Path) -> None:
+    """A few KiB of PNG that decode to 36 megapixels (288 MB as int64 labels): refused before decoding."""
+    huge = png_file(tmp_path / "huge.png", np.zeros((6000, 6000), np.uint8))
+    assert len(huge) < 64 * 2 ** 10
+    before = peak_memory(bundled_studio)
+    for path in ("/api/synthesize", "/api/labels"):
+        reply = bundled_studio.post(path, huge)
+        assert (reply.status, reply.json()) == (400, {"error": "label maps must be 128x128 (HxW) for this model, "
+                                                               "got 6000x6000"}), path
+    assert peak_memory(bundled_studio) - before < 16 * 2 ** 20
+
+
+def test_get_routes_answer_head_too(bundled_studio: Studio) -> None:
+    for path in ("/", "/api/model", "/api/examples", "/api/examples/0.png", "/static/studio.js"):
+        got, head = bundled_studio.get(path), bundled_studio.request("HEAD", path)
+        assert (head.status, head.body) == (200, b""), path
+        assert head.headers["Content-Type"] == got.headers["Content-Type"], path
+        assert head.headers["Content-Length"] == str(len(got.body)), path
 
 
 def vae_map(config: GeneratorConfig, height: int, width: int) -> np.ndarray:
@@ -212,6 +251,74 @@ def check_vae_studio(studio: Studio, exported: Exported, tmp_path: Path, backend
 
 def test_an_onnx_vae_export_with_its_encoder(vae_studio: Studio, exported_vae: Exported, tmp_path: Path) -> None:
     check_vae_studio(vae_studio, exported_vae, tmp_path, "onnxruntime")
+
+
+def test_seeds_are_int64_in_plain_decimal_given_once(vae_studio: Studio, exported_vae: Exported,
+                                                     tmp_path: Path) -> None:
+    config = exported_vae.config
+    labels = vae_map(config, *config.image_size)
+    body = label_bytes(tmp_path, labels, config)
+    images = {}
+    for seed in (2 ** 63 - 1, -2 ** 63, 12345678901234567, 7):
+        reply = vae_studio.post(f"/api/synthesize?seed={seed}", body)
+        assert reply.headers["X-Seed"] == str(seed)
+        images[seed] = reply.image()
+        assert_close(images[seed], expected_vae(exported_vae, labels, sample_latent(1, config.z_dim, seed)))
+    assert len({image.tobytes() for image in images.values()}) == len(images)
+    # JSON: the seed as a number, or as its decimal text (what a JavaScript client can send exactly); JSON's content
+    # types all take the JSON form.
+    encoded = base64.b64encode(body).decode()
+    for seed, content_type in ((2 ** 63 - 1, "application/json"), (str(2 ** 63 - 1), "text/json"),
+                               (-2 ** 63, "application/vnd.spade+json; charset=utf-8")):
+        reply = vae_studio.post("/api/synthesize", json.dumps({"labels": encoded, "seed": seed}).encode(),
+                                content_type)
+        assert reply.headers["X-Seed"] == str(seed)
+        np.testing.assert_array_equal(reply.image(), images[int(seed)])
+
+    digits = "1" * 5000
+    refused = {
+        "?seed=7&seed=8": "give ?seed= once, not 2 times",
+        "?seed=1_000": f"{SEED_WORDS}, got '1_000'",
+        "?seed=%2B7": f"{SEED_WORDS}, got '+7'",
+        "?seed=%207": f"{SEED_WORDS}, got ' 7'",
+        "?seed=1e21": f"{SEED_WORDS}, got '1e21'",
+        "?seed=": f"{SEED_WORDS}, got ''",
+        "?seed=9223372036854775808": f"{SEED_WORDS}, got 9223372036854775808",
+        f"?seed={digits}": f"{SEED_WORDS}, got '{digits[:29]}… (5000 characters)",
+    }
+    for query, words in refused.items():
+        reply = vae_studio.post(f"/api/synthesize{query}", body)
+        assert (reply.status, reply.json()) == (400, {"error": words}), query[:30]
+    for seed, words in ((digits, f"{SEED_WORDS}, got '{digits[:29]}… (5000 characters)"),
+                        ("-0x1", f"{SEED_WORDS}, got '-0x1'"), (2 ** 63, f"{SEED_WORDS}, got {2 ** 63}")):
+        reply = vae_studio.post("/api/synthesize", json.dumps({"labels": encoded, "seed": seed}).encode(),
+                                "application/json")
+        assert (reply.status, reply.json()) == (400, {"error": words}), str(seed)[:30]
+    reply = vae_studio.post("/api/synthesize", f'{{"labels": "{encoded}", "seed": {digits}}}'.encode(),
+                            "application/json")
+    assert (reply.status, reply.json()) == (400, {"error": 'the JSON body holds an integer of 5000 characters; its '
+                                                           'one integer, "seed", lies from -9223372036854775808 to '
+                                                           '9223372036854775807 (int64)'})
+
+
+def test_a_small_image_too_large_as_a_style_is_refused_by_its_header(vae_studio: Studio, exported_vae: Exported,
+                                                                       tmp_path: Path) -> None:
+    """The encoder resizes every style to 256x256: one whose encoding would take more than the studio's bound is
+    refused before it is decoded (30 megapixels here, 90 MB as RGB)."""
+    huge = png_file(tmp_path / "huge.png", np.zeros((5000, 6000, 3), np.uint8))
+    labels = vae_map(exported_vae.config, *exported_vae.config.image_size)
+    request = {"labels": base64.b64encode(label_bytes(tmp_path, labels, exported_vae.config)).decode(),
+               "style": base64.b64encode(huge).decode()}
+    before = peak_memory(vae_studio)
+    reply = vae_studio.post("/api/synthesize", json.dumps(request).encode(), "application/json")
+    needed = memory.style_bytes(1, 5000, 6000)
+    assert needed > STYLE_MEMORY
+    assert (reply.status, reply.json()) == (400, {"error": f"the style image is 5000x6000 (HxW): encoding it would "
+                                                           f"need about {memory.format_bytes(needed)} (estimate), "
+                                                           f"above the studio's {memory.format_bytes(STYLE_MEMORY)} "
+                                                           f"for a style image; scale it down (the encoder resizes it "
+                                                           f"to 256x256 anyway)"})
+    assert peak_memory(vae_studio) - before < 16 * 2 ** 20
 
 
 def test_a_triton_server_and_its_going_away(exported_vae: Exported, tmp_path: Path) -> None:

@@ -151,13 +151,12 @@ def test_save_gives_the_png_the_api_takes_and_load_reads_it_back(page: Any, bund
     wait(page, "return document.getElementById('status').textContent.startsWith('loaded')")
     np.testing.assert_array_equal(label_map(page), example)
 
-    # A file the API refuses leaves the map as it was and shows the server's reason.
+    # A file the API refuses leaves the map as it was and shows the server's reason, naming the user's file.
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "photo.png")
     page.find_element("id", "load-map").send_keys(str(tmp_path / "photo.png"))
-    message = wait(page, "const s = document.getElementById('status'); "
-                         "return s.classList.contains('error') && s.textContent")
-    assert message == ("cannot load photo.png: labels.png is a RGB image; a label or instance map must be a "
-                       "single-channel PNG (mode L, P, I or I;16)")
+    reason = bundled_studio.post("/api/labels", (tmp_path / "photo.png").read_bytes()).json()["error"]
+    assert reason.startswith("the label map is an RGB image; "), reason
+    assert error_status(page) == f"cannot load photo.png: {reason}"
     np.testing.assert_array_equal(label_map(page), example)
 
 
@@ -181,10 +180,33 @@ def test_a_phone_sized_window_paints_with_a_finger(page: Any) -> None:
     wait_for_result(page)
 
 
-def test_a_vae_model_has_seed_and_style_controls(driver: Any, vae_studio: Studio, tmp_path: Path) -> None:
+def error_status(driver: Any) -> str:
+    """The status line's text, once it shows an error."""
+    return wait(driver, "const s = document.getElementById('status'); "
+                        "return s.classList.contains('error') && s.textContent")
+
+
+@pytest.fixture
+def vae_page(driver: Any, vae_studio: Studio) -> Any:
+    """The studio over the VAE model with its encoder, freshly loaded, its first image shown."""
     driver.set_window_size(*WIDE)
     driver.get(vae_studio.url + "/")
     wait(driver, "return window.studio && window.studio.ready")
+    wait_for_result(driver)
+    return driver
+
+
+def type_seed(driver: Any, text: str) -> None:
+    """Replace the seed box's text with `text`, then Enter, as a user types it."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element("id", "seed")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys((text or Keys.DELETE) + Keys.ENTER)
+
+
+def test_a_vae_model_has_seed_and_style_controls(vae_page: Any, vae_studio: Studio, tmp_path: Path) -> None:
+    driver = vae_page
     shown = wait_for_result(driver)
     assert driver.find_element("id", "latent-group").is_displayed()
     status = driver.execute_script("return studio.status()")
@@ -219,3 +241,51 @@ def test_a_vae_model_has_seed_and_style_controls(driver: Any, vae_studio: Studio
     request = {"labels": base64.b64encode(png).decode(),
                "style": base64.b64encode((tmp_path / "style.png").read_bytes()).decode()}
     assert_close(shown, api_image(vae_studio, json.dumps(request).encode(), content_type="application/json"))
+
+
+def test_the_seed_box_takes_every_int64_seed_exactly_and_keeps_the_seed_on_bad_text(vae_page: Any,
+                                                                                  vae_studio: Studio) -> None:
+    driver = vae_page
+    png = base64.b64decode(driver.execute_script("return studio.labelPng()"))
+    for seed in ("9223372036854775807", "12345678901234567", "-9223372036854775808"):  # beyond 2 ** 53
+        received = driver.execute_script("return studio.status().received")
+        type_seed(driver, seed)
+        shown = wait_for_result(driver, newer_than=received)
+        status = driver.execute_script("return studio.status()")
+        assert (status["seed"], status["resultSeed"]) == (seed, seed)
+        assert driver.find_element("id", "seed").get_attribute("value") == seed
+        assert driver.find_element("id", "latency").text.endswith(f" · seed {seed}")
+        assert_close(shown, api_image(vae_studio, png, f"?seed={seed}"))
+
+    # Text that is no int64 seed, or none at all, sends nothing: the seed stays, and the page says why.
+    sent = driver.execute_script("return studio.status().sent")
+    for text in ("1e21", "9223372036854775808", "1_000", ""):
+        type_seed(driver, text)
+        what = f'"{text}" is not a seed' if text else "the seed box is empty"
+        assert error_status(driver) == (f"{what}: a seed is a whole number from -9223372036854775808 to "
+                                        f"9223372036854775807; the seed stays -9223372036854775808")
+        assert driver.find_element("id", "seed").get_attribute("value") == "-9223372036854775808"
+    assert driver.execute_script("return studio.status()")["sent"] == sent
+
+
+def test_a_style_image_the_server_refuses_is_dropped_with_the_reason(vae_page: Any, vae_studio: Studio,
+                                                                      tmp_path: Path) -> None:
+    driver = vae_page
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    received = driver.execute_script("return studio.status().received")
+    driver.find_element("id", "style-file").send_keys(str(tmp_path / "notes.png"))
+    message = error_status(driver)
+    reason = vae_studio.post("/api/synthesize", json.dumps({
+        "labels": driver.execute_script("return studio.labelPng()"),
+        "style": base64.b64encode(b"not an image").decode()}).encode(), "application/json").json()["error"]
+    assert message == f"cannot use notes.png as the style image: {reason}; back to no style image"
+    # Back to seeds: the seed controls work again, and the next stroke makes an image with the seed.
+    wait_for_result(driver, newer_than=received)
+    assert not driver.find_element("id", "style-info").is_displayed()
+    assert driver.find_element("id", "seed").is_enabled()
+    click(driver, '.swatch[data-class="3"]')
+    stroke(driver, [(5.5, 5.5), (40.5, 40.5)])
+    wait_for_result(driver, newer_than=received + 1)
+    status = driver.execute_script("return studio.status()")
+    assert (status["resultSeed"], status["error"]) == (status["seed"], None)
+    assert error_status(driver) == message  # the reason stays until something else is said

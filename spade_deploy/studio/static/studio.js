@@ -6,7 +6,10 @@
 
 const $ = (id) => document.getElementById(id);
 const MAX_UNDO = 100;
-const SEED_LIMIT = 2 ** 31;  // seeds the "New seed" button draws (the API takes any int64)
+const SEED_LIMIT = 2 ** 31;  // seeds the "New seed" button draws
+// The seeds the API takes (int64). A seed is kept as its decimal text: a JS Number holds integers exactly only up to
+// 2 ** 53, and prints 1e21 as "1e+21".
+const SEED_MIN = -(2n ** 63n), SEED_MAX = 2n ** 63n - 1n;
 
 const state = {
   model: null,         // GET /api/model
@@ -21,8 +24,8 @@ const state = {
   size: 8,             // brush diameter in model pixels
   undo: [],            // maps before each edit
   redo: [],
-  seed: 0,
-  style: null,         // {base64, name} of the style image, or null
+  seed: "0",           // decimal text
+  style: null,         // {base64, name, checked, previous} of the style image, or null
   result: null,        // {map, bytes, url, latencyMs, seed}: the latest image and the map it was made from
   stats: {sent: 0, received: 0, failed: 0},
   inFlight: false,
@@ -319,17 +322,17 @@ async function pump() {
 }
 
 async function synthesize(map) {
-  const model = state.model, png = await labelPng(map);
+  const model = state.model, png = await labelPng(map), style = state.style;
   let seed = null;
-  if (model.takes_seed && !state.style) {
+  if (model.takes_seed && !style) {
     if (!$("keep-seed").checked) setSeed(randomSeed());
     seed = state.seed;
   }
-  const request = state.style
+  const request = style
     ? {method: "POST", headers: {"Content-Type": "application/json"},
-       body: JSON.stringify({labels: toBase64(png), seed, style: state.style.base64})}
+       body: JSON.stringify({labels: toBase64(png), seed: null, style: style.base64})}
     : {method: "POST", headers: {"Content-Type": "image/png"}, body: png};
-  const url = seed === null || state.style ? "/api/synthesize" : `/api/synthesize?seed=${seed}`;
+  const url = seed === null ? "/api/synthesize" : `/api/synthesize?${new URLSearchParams({seed})}`;
   const started = performance.now();
   state.stats.sent++;
   let response;
@@ -338,7 +341,15 @@ async function synthesize(map) {
   } catch (error) {
     return failed(`the studio did not answer (${error.message}); is spade-deploy paint still running?`);
   }
+  // The page makes valid maps, so an input refused with a style image not yet used is that image's fault.
+  if (!response.ok && style && !style.checked && (response.status === 400 || response.status === 413)) {
+    return refuseStyle(style, await errorText(response));
+  }
   if (!response.ok) return failed(await errorText(response));
+  if (style) {
+    style.checked = true;
+    style.previous = null;  // no way back is needed any more: let its bytes go
+  }
   const bytes = new Uint8Array(await response.arrayBuffer());
   const roundTrip = performance.now() - started;
   if (state.result) URL.revokeObjectURL(state.result.url);
@@ -375,12 +386,19 @@ async function errorText(response) {
 // ---------------------------------------------------------------------------------------------------- latent
 
 function randomSeed() {
-  return Math.floor(Math.random() * SEED_LIMIT);
+  return String(Math.floor(Math.random() * SEED_LIMIT));
+}
+
+// Typed text -> the seed as canonical decimal text ("007" -> "7"), or null: digits only, within the API's range.
+function parseSeed(text) {
+  if (!/^-?[0-9]+$/.test(text)) return null;
+  const seed = BigInt(text);
+  return seed >= SEED_MIN && seed <= SEED_MAX ? String(seed) : null;
 }
 
 function setSeed(seed) {
   state.seed = seed;
-  $("seed").value = String(seed);
+  $("seed").value = seed;
 }
 
 function bindLatent() {
@@ -389,8 +407,16 @@ function bindLatent() {
   $("latent-group").hidden = false;
   setSeed(state.seed);
   $("seed").addEventListener("change", () => {
-    const seed = Number($("seed").value);
-    if (Number.isInteger(seed)) { state.seed = seed; requestSynthesis(); } else setSeed(state.seed);
+    const text = $("seed").value.trim(), seed = parseSeed(text);
+    if (seed === null) {
+      showStatus((text ? `"${text}" is not a seed` : "the seed box is empty")
+        + `: a seed is a whole number from ${SEED_MIN} to ${SEED_MAX}; the seed stays ${state.seed}`, true);
+      setSeed(state.seed);
+      return;
+    }
+    showStatus("");
+    setSeed(seed);
+    requestSynthesis();
   });
   $("new-seed").addEventListener("click", () => { setSeed(randomSeed()); requestSynthesis(); });
   if (!model.takes_style) return;
@@ -399,11 +425,27 @@ function bindLatent() {
     const file = event.target.files[0];
     event.target.value = "";
     if (!file) return;
-    state.style = {base64: toBase64(new Uint8Array(await file.arrayBuffer())), name: file.name};
+    // Checked by its first image; until then, `previous` is the way back if the server refuses it.
+    state.style = {base64: toBase64(new Uint8Array(await file.arrayBuffer())), name: file.name, checked: false,
+                   previous: state.style};
     showStyle();
     requestSynthesis();
   });
   $("clear-style").addEventListener("click", () => { state.style = null; showStyle(); requestSynthesis(); });
+}
+
+// A style image the server refused (no image, too large) is dropped, back to the style before it (or none): else
+// every later stroke would fail on it too. The message stays, as one about a file the user tried to load.
+function refuseStyle(style, reason) {
+  state.stats.failed++;
+  state.error = null;  // the image shown stays that of the style before; this message outlives the next one
+  if (state.style === style) {
+    state.style = style.previous;
+    showStyle();
+    requestSynthesis();
+  }
+  showStatus(`cannot use ${style.name} as the style image: ${reason}; back to `
+    + (state.style ? `the style image ${state.style.name}` : "no style image"), true);
 }
 
 // With a style image the latent is the encoder's mean of it, so the seed has nothing to do.
