@@ -15,6 +15,8 @@ from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.images import open_image, save_png
 
 RAW_DONTCARE = 255  # raw PNG value the official datasets map to the don't-care index
+# Pillow scales 2- and 4-bit grey PNGs to 0..255 for display (stored 1 reads as 85 or 17); a map wants stored values.
+LOW_BIT_GREY_SCALE = {"L;2": 85, "L;4": 17}
 
 
 def check_label_size(height: int, width: int, config: GeneratorConfig) -> None:
@@ -33,23 +35,42 @@ def check_label_size(height: int, width: int, config: GeneratorConfig) -> None:
                          f"this instance-norm generator needs at least {2 * scale} pixels along one side")
 
 
-def as_label_batch(labels: ArrayLike, name: str = "labels") -> np.ndarray:
-    """`[H, W]` or `[N, H, W]` integers (numpy, or anything `np.asarray` takes: CPU tensors, lists) -> `[N, H, W]`
-    of the same integer dtype; anything else is a `ValueError` naming `name`."""
-    array = np.asarray(labels)
+def _as_integers(values: ArrayLike, name: str, meaning: str, ndims: tuple[int, ...] = ()) -> np.ndarray:
+    """`values` as a numpy integer array (bool is refused: a mask is no map of ids) with one of `ndims` dimensions
+    (any when empty), or a `ValueError` naming `name`."""
+    try:
+        array = np.asarray(values)
+    except ValueError as error:  # a ragged nested list; numpy's message names no argument
+        raise ValueError(f"{name} must be a rectangular array (nested lists of equal length); numpy could not make "
+                         f"one: {error}") from None
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers (class indices), got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise ValueError(f"{name} must be [H, W] or [N, H, W], got shape {list(array.shape)}")
+        raise ValueError(f"{name} must hold integers ({meaning}), got dtype {array.dtype}")
+    if ndims and array.ndim not in ndims:
+        shapes = " or ".join(("[H, W]", "[N, H, W]")[ndim - 2] for ndim in ndims)
+        raise ValueError(f"{name} must be {shapes}, got shape {list(array.shape)}")
     return array
 
 
-def check_label_range(labels: np.ndarray, config: GeneratorConfig) -> None:
-    """Raise `ValueError` unless every value is a class index of this model (don't-care included)."""
+def _as_png_map(values: ArrayLike, name: str, meaning: str) -> np.ndarray:
+    """An integer map `[H, W]` of at least one pixel (a PNG cannot be empty), or a `ValueError` naming `name`."""
+    array = _as_integers(values, name, meaning, (2,))
+    if not array.size:
+        raise ValueError(f"{name} must be [H, W] with at least one pixel, got shape {list(array.shape)}")
+    return array
+
+
+def as_label_batch(labels: ArrayLike, name: str = "labels") -> np.ndarray:
+    """`[H, W]` or `[N, H, W]` integers (numpy, or anything `np.asarray` takes: CPU tensors, lists) -> `[N, H, W]`
+    of the same integer dtype; anything else is a `ValueError` naming `name`."""
+    array = _as_integers(labels, name, "class indices", (2, 3))
+    return array[None] if array.ndim == 2 else array
+
+
+def check_label_range(labels: ArrayLike, config: GeneratorConfig) -> None:
+    """Raise `ValueError` unless `labels` are integers and every value is a class index of this model (don't-care
+    included)."""
     count = config.num_label_channels
-    labels = np.asarray(labels)
+    labels = _as_integers(labels, "labels", "class indices")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= count):
         bad = np.unique(labels[(labels < 0) | (labels >= count)])
         dontcare = f" (index {config.label_nc} is don't-care)" if config.contain_dontcare_label else ""
@@ -81,9 +102,7 @@ def check_semantic_input(labels: ArrayLike, instances: ArrayLike | None,
 
 def raw_to_labels(raw: np.ndarray, config: GeneratorConfig) -> np.ndarray:
     """Raw values of a dataset label PNG -> class indices, as the official dataset loaders map them."""
-    raw = np.asarray(raw)
-    if not np.issubdtype(raw.dtype, np.integer):
-        raise ValueError(f"raw label values must be integers, got dtype {raw.dtype}")
+    raw = _as_integers(raw, "raw label values", "a label PNG's pixel values")
     labels = raw.astype(np.int64)
     if config.contain_dontcare_label:
         labels[raw == RAW_DONTCARE] = config.label_nc
@@ -94,8 +113,10 @@ def raw_to_labels(raw: np.ndarray, config: GeneratorConfig) -> np.ndarray:
     return labels
 
 
-def labels_to_raw(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
-    """Inverse of `raw_to_labels`: class indices -> the dataset's raw PNG values (uint8)."""
+def labels_to_raw(labels: ArrayLike, config: GeneratorConfig) -> np.ndarray:
+    """Inverse of `raw_to_labels`: class indices of this model (range-checked, so that `read_label_png` takes what
+    is written) -> the dataset's raw PNG values (uint8)."""
+    check_label_range(labels, config)
     labels = np.asarray(labels).astype(np.int64)
     raw = labels.copy()
     if config.preset == "ade20k":
@@ -109,12 +130,19 @@ def labels_to_raw(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    """A PNG as an integer array (uint8, uint16 or int32 for 32-bit instance maps); RGB images are refused."""
+    """A PNG's stored values as an integer array (uint8 for 1- to 8-bit PNGs, uint16, or int32 for 32-bit instance
+    maps); RGB images are refused."""
     with open_image(path) as image:
-        if image.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{path} is a {image.mode} image; a label or instance map must be a single-channel "
-                             f"PNG (mode L, P, I or I;16)")
-        return np.array(image)
+        if image.mode not in ("1", "L", "P", "I", "I;16"):
+            raise ValueError(f"{path} is an image of mode {image.mode}; a label or instance map must be a "
+                             f"single-channel PNG (mode 1, L, P, I or I;16)")
+        decoder = image.tile[0][3] if image.format == "PNG" and image.tile else None  # before np.array loads it
+        values = np.array(image)
+    if image.mode == "1":
+        return values.astype(np.uint8)  # bool -> 0 and 1
+    if decoder in LOW_BIT_GREY_SCALE:
+        return values // LOW_BIT_GREY_SCALE[decoder]
+    return values
 
 
 def read_label_png(path: str | Path, config: GeneratorConfig) -> np.ndarray:
@@ -127,16 +155,26 @@ def read_label_png(path: str | Path, config: GeneratorConfig) -> np.ndarray:
     return labels
 
 
-def write_label_png(path: str | Path, labels: np.ndarray, config: GeneratorConfig) -> None:
-    """Class indices `[H, W]` -> a label PNG in the preset's raw encoding (read back by `read_label_png`)."""
-    save_png(Image.fromarray(labels_to_raw(labels, config), mode="L"), path)
+def write_label_png(path: str | Path, labels: ArrayLike, config: GeneratorConfig) -> None:
+    """Class indices `[H, W]` of this model -> a label PNG in the preset's raw encoding (read back by
+    `read_label_png`); floats, other shapes and values outside the model's classes are a `ValueError`."""
+    try:
+        raw = labels_to_raw(_as_png_map(labels, "labels", "class indices"), config)
+    except ValueError as error:
+        raise ValueError(f"cannot write {path}: {error}") from None
+    save_png(Image.fromarray(raw, mode="L"), path)
 
 
-def write_instance_png(path: str | Path, instances: np.ndarray) -> None:
-    """Instance ids `[H, W]` -> a 16-bit PNG, as Cityscapes stores them (PNG has no 32-bit grey, Pillow no mode I)."""
-    instances = np.asarray(instances)
-    if instances.min(initial=0) < 0 or instances.max(initial=0) > np.iinfo(np.uint16).max:
-        raise ValueError(f"instance ids {instances.min()}..{instances.max()} do not fit a 16-bit PNG (0..65535)")
+def write_instance_png(path: str | Path, instances: ArrayLike) -> None:
+    """Instance ids `[H, W]` -> a 16-bit PNG, as Cityscapes stores them (PNG has no 32-bit grey, Pillow no mode I);
+    floats, other shapes and ids outside 0..65535 are a `ValueError`."""
+    try:
+        instances = _as_png_map(instances, "instances", "instance ids")
+    except ValueError as error:
+        raise ValueError(f"cannot write {path}: {error}") from None
+    if instances.min() < 0 or instances.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"cannot write {path}: instance ids {instances.min()}..{instances.max()} do not fit a "
+                         f"16-bit PNG (0..65535)")
     save_png(Image.fromarray(instances.astype(np.uint16)), path)
 
 
@@ -154,8 +192,9 @@ def palette(count: int) -> np.ndarray:
     return colours
 
 
-def colorize(labels: np.ndarray, config: GeneratorConfig) -> np.ndarray:
-    """Class indices `[H, W]` -> an RGB preview `[H, W, 3]` uint8 (don't-care is black)."""
+def colorize(labels: ArrayLike, config: GeneratorConfig) -> np.ndarray:
+    """Class indices of this model `[H, W]` (any shape) -> an RGB preview `[H, W, 3]` uint8 (don't-care is black)."""
+    check_label_range(labels, config)
     colours = palette(config.num_label_channels + 1)[1:]  # skip black for class 0
     if config.contain_dontcare_label:
         colours[config.label_nc] = 0

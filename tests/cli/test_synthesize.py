@@ -152,7 +152,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Workspace], list[str]], str]] = {
                                       r"is a spade-deploy checkpoint, which carries its own config, and preset "
                                       r"'coco' contradicts it \(label_nc 150, the preset's 182.*leave it out"),
     "rgb label map": (lambda ws: ade_args(ws, file_with(ws.root, "rgb.png", lambda p: Image.fromarray(
-        np.zeros((64, 64, 3), np.uint8)).save(p))), r"rgb\.png is a RGB image; a label or instance map must be"),
+        np.zeros((64, 64, 3), np.uint8)).save(p))), r"rgb\.png is an image of mode RGB; a label or instance map"),
     "label out of range": (lambda ws: ade_args(ws, file_with(ws.root, "ade_200.png", lambda p: Image.fromarray(
         np.full((64, 64), 200, np.uint8)).save(p))), r"ade_200\.png: labels must lie in \[0, 150\]"),
     "size not a multiple of 32": (lambda ws: ade_args(ws, file_with(ws.root, "odd.png", lambda p: Image.fromarray(
@@ -182,12 +182,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Workspace], list[str]], str]] = {
     "instance count": (lambda ws: vae_args(ws) + ["--instances", str(ws.vae_instances[0])],
                        r"--instances gives 1 maps for 2 --labels; give one per label map"),
     "instance size": (lambda ws: vae_args(ws)[:4] + ["--instances", file_with(
-        ws.root, "small_instances.png", lambda p: write_instance_png(p, np.zeros((32, 64))))],
+        ws.root, "small_instances.png", lambda p: write_instance_png(p, np.zeros((32, 64), np.uint16)))],
                       r"small_instances\.png: instance map is 32x64, but its label map .*vae_0\.png is 64x64; they "
                       r"must be the same size"),
     "vae label size": (lambda ws: ["--checkpoint", str(ws.vae), "--labels", file_with(
         ws.root, "big.png", lambda p: Image.fromarray(np.zeros((128, 128), np.uint8)).save(p)), "--instances",
-        file_with(ws.root, "big_instances.png", lambda p: write_instance_png(p, np.zeros((128, 128))))],
+        file_with(ws.root, "big_instances.png", lambda p: write_instance_png(p, np.zeros((128, 128), np.uint16)))],
                        r"big\.png: label map is 128x128, but this VAE generator's latent grid fixes its output at "
                        r"64x64"),
     "two maps, one output": (lambda ws: ade_args(ws, str(ws.ade_labels[0]), file_with(

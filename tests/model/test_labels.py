@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from spade_deploy.model.config import GeneratorConfig, generator_preset
-from spade_deploy.model.labels import (colorize, palette, raw_to_labels, read_label_png, read_png, write_instance_png,
-                                       write_label_png)
+from spade_deploy.model.labels import (as_label_batch, check_semantic_input, colorize, palette, raw_to_labels,
+                                       read_label_png, read_png, write_instance_png, write_label_png)
 from spade_deploy.model.tensors import to_semantic_input
 
 EDGES = GeneratorConfig(label_nc=4, contain_dontcare_label=True, use_instance=True, crop_size=64)
@@ -89,8 +89,6 @@ def test_instance_png_round_trip_keeps_16_bit_ids(tmp_path: Path) -> None:
     instances = np.random.default_rng(2).integers(0, 65_536, (24, 40))  # cityscapes ids are class * 1000 + k
     write_instance_png(tmp_path / "instances.png", instances)
     assert np.array_equal(read_png(tmp_path / "instances.png"), instances)
-    with pytest.raises(ValueError, match=r"instance ids 0\.\.70000 do not fit a 16-bit PNG"):
-        write_instance_png(tmp_path / "big.png", np.array([[0, 70_000]]))
 
 
 def test_palette_and_colorize() -> None:
@@ -153,7 +151,7 @@ def test_vae_generator_takes_only_its_own_size() -> None:
 def test_bad_label_files_are_refused(tmp_path: Path) -> None:
     config = generator_preset("cityscapes")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match=r"rgb.png is a RGB image; a label or instance map must be a "
+    with pytest.raises(ValueError, match=r"rgb.png is an image of mode RGB; a label or instance map must be a "
                                          r"single-channel PNG"):
         read_label_png(tmp_path / "rgb.png", config)
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "void.png")
@@ -164,7 +162,98 @@ def test_bad_label_files_are_refused(tmp_path: Path) -> None:
         read_label_png(tmp_path / "text.png", config)
     with pytest.raises(ValueError, match=r"no such file: .*missing.png"):
         read_label_png(tmp_path / "missing.png", config)
-    with pytest.raises(ValueError, match=r"raw label values must be integers, got dtype float32"):
+    with pytest.raises(ValueError, match=r"raw label values must hold integers \(a label PNG's pixel values\), got "
+                                         r"dtype float32"):
         raw_to_labels(np.zeros((2, 2), np.float32), config)
-    with pytest.raises(ValueError, match=r"labels 0\.\.300 do not fit a uint8 label PNG"):
-        write_label_png(tmp_path / "big.png", np.array([[0, 300]]), config)
+
+
+def test_low_bit_depth_pngs_read_as_their_stored_values(tmp_path: Path) -> None:
+    # A 1-bit PNG is single-channel too (Pillow mode "1", bools); 2- and 4-bit grey ones Pillow scales to 0..255.
+    Image.fromarray(np.array([[0, 1, 1, 0]], bool)).save(tmp_path / "1.png")
+    assert Image.open(tmp_path / "1.png").mode == "1"
+    read = read_png(tmp_path / "1.png")
+    assert read.dtype == np.uint8 and read.tolist() == [[0, 1, 1, 0]]
+    assert read_label_png(tmp_path / "1.png", generator_preset("cityscapes")).tolist() == [[0, 1, 1, 0]]
+    for bits in (2, 4):
+        stored = np.array([[0, 1, 2, 3, 2 ** bits - 1]], np.uint8)
+        Image.fromarray(stored, mode="L").save(tmp_path / f"{bits}.png", bits=bits)
+        assert (tmp_path / f"{bits}.png").read_bytes()[24] == bits  # the IHDR bit depth: Pillow wrote what we test
+        read = read_png(tmp_path / f"{bits}.png")
+        assert read.dtype == np.uint8 and np.array_equal(read, stored)
+
+
+CITYSCAPES = generator_preset("cityscapes")  # 35 classes, no don't-care
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([[1.7, 2.9]]), r"labels must hold integers \(class indices\), got dtype float64"),  # not truncated
+    (np.array([[True, False]]), r"labels must hold integers \(class indices\), got dtype bool"),
+    (np.full((4, 4), 200), r"labels must lie in \[0, 34\] for this model .* found 16 values outside, e.g. \[200\]"),
+    (np.array([[0, -1]]), r"labels must lie in \[0, 34\] .* e.g. \[-1\]"),
+    (np.zeros(4, np.int64), r"labels must be \[H, W\], got shape \[4\]"),
+    (np.zeros((1, 4, 4), np.int64), r"labels must be \[H, W\], got shape \[1, 4, 4\]"),
+    (np.zeros((0, 4), np.int64), r"labels must be \[H, W\] with at least one pixel, got shape \[0, 4\]"),
+    ([[1, 2], [3]], r"labels must be a rectangular array \(nested lists of equal length\); numpy could not make "
+                    r"one: .*inhomogeneous shape"),
+])
+def test_write_label_png_refuses_what_it_cannot_store_exactly(labels: object, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^cannot write .*labels\.png: " + message):
+        write_label_png(tmp_path / "labels.png", labels, CITYSCAPES)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary
+
+
+def test_write_label_png_checks_the_uint8_encoding_of_models_with_many_classes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"labels 0\.\.299 do not fit a uint8 label PNG"):
+        write_label_png(tmp_path / "labels.png", np.array([[0, 299]]), GeneratorConfig(label_nc=300))
+    write_label_png(tmp_path / "labels.png", [[0, 1], [2, 255]], GeneratorConfig(label_nc=300))  # lists are arrays
+    assert read_png(tmp_path / "labels.png").tolist() == [[0, 1], [2, 255]]
+
+
+@pytest.mark.parametrize("instances, message", [
+    (np.array([[1.9, 3.5]]), r"instances must hold integers \(instance ids\), got dtype float64"),
+    (np.zeros((4, 4), bool), r"instances must hold integers \(instance ids\), got dtype bool"),
+    (np.array([[-1, 3]]), r"instance ids -1\.\.3 do not fit a 16-bit PNG \(0\.\.65535\)"),
+    (np.array([[0, 70_000]]), r"instance ids 0\.\.70000 do not fit a 16-bit PNG"),
+    (np.zeros(4, np.int32), r"instances must be \[H, W\], got shape \[4\]"),
+    (np.zeros((2, 4, 4), np.int32), r"instances must be \[H, W\], got shape \[2, 4, 4\]"),
+    (np.zeros((4, 0), np.int32), r"instances must be \[H, W\] with at least one pixel, got shape \[4, 0\]"),
+    ([[1], [2, 3]], r"instances must be a rectangular array \(nested lists of equal length\)"),
+])
+def test_write_instance_png_refuses_what_it_cannot_store_exactly(instances: object, message: str,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^cannot write .*instances\.png: " + message):
+        write_instance_png(tmp_path / "instances.png", instances)
+    assert not list(tmp_path.iterdir())
+
+
+def test_map_writers_refuse_a_folder_as_the_file(tmp_path: Path) -> None:
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(ValueError, match=r"cannot write .*out\.png: it is a folder; expected a PNG file path"):
+        write_label_png(tmp_path / "out.png", np.zeros((4, 4), np.int64), CITYSCAPES)
+    with pytest.raises(ValueError, match=r"cannot write .*out\.png: it is a folder"):
+        write_instance_png(tmp_path / "out.png", np.zeros((4, 4), np.int32))
+    assert [path.name for path in tmp_path.iterdir()] == ["out.png"] and not list((tmp_path / "out.png").iterdir())
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([[-1]]), r"labels must lie in \[0, 34\] .* e.g. \[-1\]"),  # was the last class's colour
+    (np.array([[500]]), r"labels must lie in \[0, 34\] .* e.g. \[500\]"),
+    (np.array([[1.0]]), r"labels must hold integers \(class indices\), got dtype float64"),
+    ([[1, 2], [3]], r"labels must be a rectangular array"),
+])
+def test_colorize_refuses_what_is_no_class_of_the_model(labels: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        colorize(labels, CITYSCAPES)
+
+
+def test_ragged_label_lists_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^labels must be a rectangular array \(nested lists of equal length\); "
+                                         r"numpy could not make one: .*inhomogeneous shape"):
+        as_label_batch([[0, 1], [2]])
+    with pytest.raises(ValueError, match=r"^instances must be a rectangular array"):
+        check_semantic_input(np.zeros((32, 32), np.int64), [[0, 1], [2]], EDGES)
+    with pytest.raises(ValueError, match=r"^labels must be a rectangular array"):
+        to_semantic_input([np.zeros((32, 32), np.int64), np.zeros((32, 16), np.int64)], None,
+                          EDGES.replace(use_instance=False))
+    with pytest.raises(ValueError, match=r"^raw label values must be a rectangular array"):
+        raw_to_labels([[0, 1], [2]], CITYSCAPES)

@@ -67,7 +67,7 @@ def reader_words(tmp_path: Path, data: bytes, config: GeneratorConfig) -> str:
     folder.mkdir(exist_ok=True)
     (folder / "labels.png").write_bytes(data)
     words = refusal(lambda path: read_label_png(path, config), folder / "labels.png")
-    return words.replace(str(folder / "labels.png"), "the label map").replace(" is a RGB image", " is an RGB image")
+    return words.replace(str(folder / "labels.png"), "the label map")
 
 
 def refusal(function: Callable[[Any], object], argument: Any) -> str:
@@ -170,7 +170,7 @@ def test_bad_requests_get_the_client_librarys_words_and_the_server_keeps_serving
         assert (reply.status, reply.headers["Content-Type"]) == (status, "application/json"), (name, reply.body)
         assert reply.json() == {"error": words}, name
     # The body is no file of the user's: the words name it "the label map", not a made-up file name.
-    assert cases["RGB PNG"][-1].startswith("the label map is an RGB image; "), cases["RGB PNG"][-1]
+    assert cases["RGB PNG"][-1].startswith("the label map is an image of mode RGB; "), cases["RGB PNG"][-1]
     missing = bundled_studio.get("/api/examples/6.png")
     assert (missing.status, missing.json()) == (404, {"error": "no example 6: this model has 6 (0..5)"})
     assert bundled_studio.get("/nowhere").status == 404

@@ -155,7 +155,7 @@ def test_save_gives_the_png_the_api_takes_and_load_reads_it_back(page: Any, bund
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "photo.png")
     page.find_element("id", "load-map").send_keys(str(tmp_path / "photo.png"))
     reason = bundled_studio.post("/api/labels", (tmp_path / "photo.png").read_bytes()).json()["error"]
-    assert reason.startswith("the label map is an RGB image; "), reason
+    assert reason.startswith("the label map is an image of mode RGB; "), reason
     assert error_status(page) == f"cannot load photo.png: {reason}"
     np.testing.assert_array_equal(label_map(page), example)
 
