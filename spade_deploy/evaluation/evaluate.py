@@ -170,7 +170,7 @@ def _torch_generator(module: SPADEGenerator, name: str, kind: str) -> _Generator
     device = next(module.parameters()).device
 
     def synthesize(labels: np.ndarray, instances: np.ndarray | None, z: np.ndarray | None) -> np.ndarray:
-        semantic = to_semantic_input(labels, instances, module.config).to(device)
+        semantic = to_semantic_input(labels, instances, module.config, device=device)
         return tensor_to_rgb(module(semantic, None if z is None else torch.from_numpy(z).to(device)))
 
     return _Generator(name, kind, module.config, None, device, synthesize)

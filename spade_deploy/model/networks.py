@@ -2,7 +2,8 @@
 
 Module and parameter names follow the official release, so its `*_net_G.pth` / `*_net_E.pth` state dicts load
 unchanged (spectral norm as `weight_orig`, `weight_u`, `weight_v`). `forward` never draws random numbers: the latent
-`z` is an argument; seeded sampling and style encoding live in `spade_deploy.model.sampling`.
+`z` is an argument, drawn from a seed by `spade_deploy.model.sampling` (as a tensor by
+`spade_deploy.model.tensors.sample_z`) or encoded from a style image by `spade_deploy.model.tensors.encode_style`.
 """
 from __future__ import annotations
 
@@ -96,22 +97,36 @@ class SPADEGenerator(nn.Module):
 
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         config = self.config
+        dtype = _parameter_dtype(self)
+        _check_float_tensor("semantic", semantic, dtype, "the one-hot map spade_deploy.model.tensors."
+                                                         "to_semantic_input builds")
         if semantic.dim() != 4 or semantic.shape[1] != config.semantic_nc:
-            raise ValueError(f"semantic must be [N, {config.semantic_nc}, H, W] (spade_deploy.model.labels."
+            raise ValueError(f"semantic must be [N, {config.semantic_nc}, H, W] (spade_deploy.model.tensors."
                              f"to_semantic_input builds it), got shape {list(semantic.shape)}")
+        if min(semantic.shape) < 1:
+            raise ValueError(f"semantic must hold at least one label map of at least 1x1, got shape "
+                             f"{list(semantic.shape)}")
         height, width = semantic.shape[2:]
         scale = 2 ** config.num_upsamplings
         if config.use_vae:
             if z is None:
                 raise ValueError("this generator was trained with a VAE and needs z ([N, z_dim]); draw one with "
-                                 "spade_deploy.model.sampling.sample_z or encode a style image")
+                                 "spade_deploy.model.tensors.sample_z or encode a style image")
+            _check_float_tensor("z", z, dtype, "a latent")
             if z.dim() != 2 or z.shape[1] != config.z_dim:
                 raise ValueError(f"z must be [N, {config.z_dim}] (z_dim={config.z_dim}), got shape {list(z.shape)}")
+            if z.shape[0] != semantic.shape[0]:
+                # One latent per label map: never broadcast one latent over many maps, or one map over many latents.
+                raise ValueError(f"z must hold one latent per label map: z has shape {list(z.shape)}, semantic "
+                                 f"{list(semantic.shape)}; their batch sizes must match")
             if (height, width) != config.image_size:
                 raise ValueError(f"a VAE generator produces {config.image_size[0]}x{config.image_size[1]} images; "
                                  f"got a {height}x{width} label map")
             x = self.fc(z).unflatten(1, (16 * config.ngf, config.latent_height, config.latent_width))
         else:
+            if z is not None:
+                raise ValueError(f"this generator is not a VAE: it takes no z; pass z=None (got a z of shape "
+                                 f"{list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__})")
             if height % scale or width % scale:
                 raise ValueError(f"label map size {height}x{width} must be a multiple of {scale} "
                                  f"(2**{config.num_upsamplings} upsamplings)")
@@ -151,6 +166,11 @@ class ConvEncoder(nn.Module):
         return [getattr(self, f"layer{index}") for index in range(1, self.config.num_layers + 1)]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_float_tensor("image", image, _parameter_dtype(self), "an RGB style image in [-1, 1]")
+        if image.dim() != 4 or image.shape[1] != 3 or min(image.shape) < 1:
+            raise ValueError(f"image must be [N, 3, h, w] RGB in [-1, 1] with every dimension >= 1 (spade_deploy."
+                             f"model.tensors.rgb_to_tensor builds it from uint8 [N, h, w, 3]), got shape "
+                             f"{list(image.shape)}")
         if image.shape[2:] != (256, 256):
             image = F.interpolate(image, size=(256, 256), mode="bilinear", align_corners=False)
         x = image
@@ -162,6 +182,23 @@ class ConvEncoder(nn.Module):
 
 def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def _parameter_dtype(network: nn.Module) -> torch.dtype:
+    return next(network.parameters()).dtype
+
+
+def _check_float_tensor(name: str, value: object, dtype: torch.dtype, what: str) -> None:
+    """Raise `ValueError` unless `value` is a floating tensor of the network's parameter dtype. Under autocast any
+    floating dtype is taken: autocast casts the inputs of each op itself. Checks of type and dtype only, no values:
+    forward is traced for the ONNX export."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor ({what}), got dtype {value.dtype}")
+    if value.dtype != dtype and not torch.is_autocast_enabled(value.device.type):
+        raise ValueError(f"{name} has dtype {value.dtype} but this network's parameters are {dtype}; convert one "
+                         f"to the other (e.g. {name}.to({dtype}))")
 
 
 @torch.no_grad()

@@ -13,15 +13,19 @@ from numpy.typing import ArrayLike
 
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.images import as_rgb_batch
-from spade_deploy.model.labels import check_semantic_input
+from spade_deploy.model.labels import as_label_batch, check_label_range, check_semantic_input
 from spade_deploy.model.networks import ConvEncoder
-from spade_deploy.model.sampling import sample_latent, sample_posterior
+from spade_deploy.model.sampling import check_seed, sample_latent, sample_posterior
 
 
 def rgb_to_tensor(images: ArrayLike) -> torch.Tensor:
     """uint8 `[N, H, W, 3]` (or `[H, W, 3]`) -> float `[N, 3, H, W]` in [-1, 1] (the official ToTensor +
     Normalize(0.5, 0.5))."""
-    array = torch.from_numpy(np.ascontiguousarray(as_rgb_batch(images)))
+    batch = as_rgb_batch(images)
+    if min(batch.shape) < 1:
+        raise ValueError(f"style must have every dimension >= 1 (an image of at least 1x1), got shape "
+                         f"{list(batch.shape)}")
+    array = torch.from_numpy(np.ascontiguousarray(batch))
     return array.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -33,6 +37,12 @@ def to_uint8_image(image: torch.Tensor) -> torch.Tensor:
 
 def tensor_to_rgb(images: torch.Tensor) -> np.ndarray:
     """float `[N, 3, H, W]` in [-1, 1] -> uint8 `[N, H, W, 3]` numpy (see `to_uint8_image`)."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor (float [N, 3, H, W] in [-1, 1]), got "
+                         f"{type(images).__name__}")
+    if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a float tensor [N, 3, H, W] in [-1, 1] (the generator's output), got "
+                         f"dtype {images.dtype}, shape {list(images.shape)}")
     return to_uint8_image(images.detach().float().cpu()).contiguous().numpy()
 
 
@@ -55,11 +65,19 @@ def one_hot_input(label: torch.Tensor, instance: torch.Tensor | None, config: Ge
     return torch.cat([semantic, instance_edges(instance)], dim=1)
 
 
-def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: GeneratorConfig) -> torch.Tensor:
-    """Label indices `[N, H, W]` (and instance ids), checked -> the generator input `[N, semantic_nc, H, W]`."""
+def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: GeneratorConfig,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Label indices `[N, H, W]` (and instance ids; numpy, lists or CPU tensors), checked on the CPU -> the generator
+    input `[N, semantic_nc, H, W]`, built on `device` (default: the CPU): the indices travel, not the one-hot map."""
+    labels = as_label_batch(labels)
+    if labels.shape[0] == 0:
+        raise ValueError("labels: an empty batch (0 label maps); pass at least one")
+    if labels.dtype == np.uint64:
+        # check_semantic_input casts to int64 first, which would report values beyond int64's range as negative.
+        check_label_range(labels, config)
     labels, instances = check_semantic_input(labels, instances, config)
-    return one_hot_input(torch.from_numpy(labels), None if instances is None else torch.from_numpy(instances),
-                         config)
+    return one_hot_input(torch.from_numpy(labels).to(device),
+                         None if instances is None else torch.from_numpy(instances).to(device), config)
 
 
 def sample_z(batch: int, z_dim: int, seed: int | None = None) -> torch.Tensor:
@@ -69,6 +87,10 @@ def sample_z(batch: int, z_dim: int, seed: int | None = None) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_style(encoder: ConvEncoder, image: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-    """Latent of a style image `[N, 3, h, w]` in [-1, 1]: `mu` without a seed, else a seeded sample around it."""
+    """Latent of a style image `[N, 3, h, w]` in [-1, 1]: `mu` without a seed, else a seeded sample around it.
+    `encoder.forward` checks `image` (a float tensor of its parameters' dtype, every dimension >= 1)."""
+    check_seed(seed)  # before the encoder runs
     mu, logvar = encoder(image)
-    return mu if seed is None else torch.from_numpy(sample_posterior(mu.numpy(), logvar.numpy(), seed))
+    if seed is None:
+        return mu
+    return torch.from_numpy(sample_posterior(mu.cpu().numpy(), logvar.cpu().numpy(), seed)).to(mu.device)

@@ -300,8 +300,8 @@ class Trainer:
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic map `[N, semantic_nc, H, W]` and real image `[N, 3, H, W]` in [-1, 1] on this rank's device."""
         device = self.context.device
-        instances = batch["instance"].to(device) if "instance" in batch else None
-        semantic = to_semantic_input(batch["label"].to(device), instances, self.options.generator)
+        # Checked where the loader left them (the CPU), one-hot on the device.
+        semantic = to_semantic_input(batch["label"], batch.get("instance"), self.options.generator, device=device)
         return semantic, batch["image"].to(device)
 
     # ------------------------------------------------------------------------------------------------- saving

@@ -1,12 +1,14 @@
 """SPADEGenerator and ConvEncoder against an independent functional statement of the official eval forward."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from spade_deploy.model.config import EncoderConfig, GeneratorConfig
 from spade_deploy.model.networks import ConvEncoder, SPADEGenerator
-from spade_deploy.model.synthetic import random_encoder
+from spade_deploy.model.synthetic import random_encoder, random_generator
 from tests.official import official_encoder_forward, official_state_dict
 from tests.fixtures.models import TINY, Variant
 
@@ -59,25 +61,70 @@ def test_segmap_generator_takes_any_multiple_of_its_scale() -> None:
     assert output.shape == (2, 3, 96, 32)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("channels", r"semantic must be \[N, 4, H, W\].*got shape \[1, 5, 64, 64\]"),
-    ("rank", r"semantic must be \[N, 4, H, W\].*got shape \[4, 64, 64\]"),
-    ("segmap size", r"label map size 64x48 must be a multiple of 32"),
-    ("no z", r"needs z"),
-    ("z size", r"z must be \[N, 16\] \(z_dim=16\), got shape \[1, 8\]"),
-    ("vae size", r"a VAE generator produces 64x64 images; got a 128x128 label map"),
-])
-def test_forward_refuses_bad_input(case: str, message: str) -> None:
-    vae = case in ("no z", "z size", "vae size")
+# Every bad input to a model with 3 classes + don't-care (4 channels), z_dim 16, at 64x64:
+# case -> (use_vae, semantic, z, the ValueError's message).
+SEMANTIC, Z = torch.zeros(1, 4, 64, 64), torch.zeros(1, 16)
+BAD_INPUTS = {
+    "channels": (False, torch.zeros(1, 5, 64, 64), None,
+                 r"semantic must be \[N, 4, H, W\].*got shape \[1, 5, 64, 64\]"),
+    "rank": (False, torch.zeros(4, 64, 64), None, r"semantic must be \[N, 4, H, W\].*got shape \[4, 64, 64\]"),
+    "segmap size": (False, torch.zeros(1, 4, 64, 48), None, r"label map size 64x48 must be a multiple of 32"),
+    "empty map": (False, torch.zeros(1, 4, 0, 0), None,
+                  r"at least one label map of at least 1x1, got shape \[1, 4, 0, 0\]"),
+    "empty batch": (False, torch.zeros(0, 4, 64, 64), None, r"at least one label map.*got shape \[0, 4, 64, 64\]"),
+    "float64 semantic": (False, SEMANTIC.double(), None,
+                         r"semantic has dtype torch.float64 but this network's parameters are torch.float32"),
+    "int64 semantic": (False, SEMANTIC.long(), None,
+                       r"semantic must be a floating-point tensor .*got dtype torch.int64"),
+    "numpy semantic": (False, SEMANTIC.numpy(), None, r"semantic must be a torch.Tensor .*got ndarray"),
+    "z of a segmap model": (False, SEMANTIC, Z, r"this generator is not a VAE: it takes no z; pass z=None"),
+    "no z": (True, SEMANTIC, None, r"needs z.*spade_deploy\.model\.tensors\.sample_z"),
+    "z size": (True, SEMANTIC, torch.zeros(1, 8), r"z must be \[N, 16\] \(z_dim=16\), got shape \[1, 8\]"),
+    "vae size": (True, torch.zeros(1, 4, 128, 128), Z,
+                 r"a VAE generator produces 64x64 images; got a 128x128 label map"),
+    "more latents than maps": (True, SEMANTIC, torch.zeros(3, 16),
+                               r"one latent per label map: z has shape \[3, 16\], semantic \[1, 4, 64, 64\]"),
+    "fewer latents than maps": (True, torch.zeros(2, 4, 64, 64), Z,
+                                r"one latent per label map: z has shape \[1, 16\], semantic \[2, 4, 64, 64\]"),
+    "other batch sizes": (True, torch.zeros(2, 4, 64, 64), torch.zeros(3, 16), r"their batch sizes must match"),
+    "float64 z": (True, SEMANTIC, Z.double(),
+                  r"z has dtype torch.float64 but this network's parameters are torch.float32"),
+    "int64 z": (True, SEMANTIC, Z.long(), r"z must be a floating-point tensor .*got dtype torch.int64"),
+    "numpy z": (True, SEMANTIC, Z.numpy(), r"z must be a torch.Tensor .*got ndarray"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_forward_refuses_bad_input(case: str) -> None:
+    vae, semantic, z, message = BAD_INPUTS[case]
     config = GeneratorConfig(**TINY, label_nc=3, contain_dontcare_label=True, use_vae=vae)
     generator = SPADEGenerator(config).eval()
-    semantic, z = torch.zeros(1, 4, 64, 64), torch.zeros(1, 16)
-    semantic, z = {"channels": (torch.zeros(1, 5, 64, 64), z), "rank": (torch.zeros(4, 64, 64), z),
-                   "segmap size": (torch.zeros(1, 4, 64, 48), z), "no z": (semantic, None),
-                   "z size": (semantic, torch.zeros(1, 8)),
-                   "vae size": (torch.zeros(1, 4, 128, 128), z)}[case]
     with pytest.raises(ValueError, match=message):
         generator(semantic, z)
+
+
+@pytest.mark.parametrize("vae", [False, True], ids=["segmap", "vae"])
+def test_forward_runs_in_the_parameters_dtype_and_under_autocast(vae: bool) -> None:
+    """float64 parameters take float64 inputs (the parity reference); under autocast, as training runs, the encoder's
+    bfloat16 latent goes into float32 parameters."""
+    config = GeneratorConfig(**TINY, label_nc=3, contain_dontcare_label=True, use_vae=vae)
+    generator = random_generator(config, calibration_batches=1)
+    semantic = torch.zeros(2, 4, 64, 64)
+    semantic[:, 1] = 1
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0)) if vae else None
+    with torch.inference_mode():
+        single = generator(semantic, z)
+        double = copy.deepcopy(generator).double()(semantic.double(), None if z is None else z.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = generator(semantic, None if z is None else z.bfloat16())
+    assert double.dtype == torch.float64 and (double - single).abs().max().item() <= TOLERANCE
+    assert mixed.dtype == torch.bfloat16 and (mixed.float() - single).abs().mean().item() < 0.02  # bf16: 8-bit mantissa
+
+
+def test_encoder_refuses_bad_input() -> None:
+    encoder = ConvEncoder(EncoderConfig(ngf=4, num_layers=5)).eval()
+    with pytest.raises(ValueError, match=r"image must be \[N, 3, h, w\].*got shape \[1, 3, 0, 64\]"):
+        encoder(torch.zeros(1, 3, 0, 64))
 
 
 @pytest.mark.parametrize("config", [EncoderConfig(ngf=4, num_layers=6), EncoderConfig(ngf=4, num_layers=5,
