@@ -21,7 +21,7 @@ from spade_deploy.errors import Failure
 from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.precision import BF16, CPU_PRECISIONS, FP16, FP32, ONNXRUNTIME, runtime_for
 from spade_deploy.model import io_spec
-from spade_deploy.model.images import as_rgb_batch
+from spade_deploy.model.images import as_rgb_batch, check_not_empty
 from spade_deploy.model.memory import release_freed_heap
 
 _OPENVINO_TYPES = {FP32: "f32", BF16: "bf16"}  # our precision -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -190,7 +190,7 @@ class OnnxEncoder:
                              f"[{io_spec.STYLE!r}] (encoder.onnx of `spade-deploy export onnx --encoder`)")
 
     def __call__(self, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self.session.run(self.io.output_names, {io_spec.STYLE: as_rgb_batch(style)})
+        mu, logvar = self.session.run(self.io.output_names, {io_spec.STYLE: check_not_empty(as_rgb_batch(style))})
         return mu, logvar
 
 

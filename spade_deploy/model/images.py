@@ -53,6 +53,15 @@ def as_rgb_batch(images: ArrayLike, name: str = "style") -> np.ndarray:
     return array[None] if array.ndim == 3 else array
 
 
+def check_not_empty(batch: np.ndarray, name: str = "style") -> np.ndarray:
+    """`batch` (`as_rgb_batch`'s) when it holds at least one image of at least 1x1, else a `ValueError`: what an
+    encoder needs (its resize has nothing to read otherwise)."""
+    if min(batch.shape) < 1:
+        raise ValueError(f"{name} must have every dimension >= 1 (an image of at least 1x1), got shape "
+                         f"{list(batch.shape)}")
+    return batch
+
+
 def write_rgb(path: str | Path, image: ArrayLike) -> None:
     """`[H, W, 3]` uint8 -> PNG, written atomically; other dtypes and shapes are a `ValueError`."""
     try:

@@ -83,8 +83,11 @@ def check_semantic_input(labels: ArrayLike, instances: ArrayLike | None,
                          config: GeneratorConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Everything the generator's input needs, checked without building it (to validate many maps before a long
     run): int64 `[N, H, W]` labels and instances (None for models without instance edges), or a `ValueError`."""
-    labels = as_label_batch(labels).astype(np.int64)
-    check_label_range(labels, config)
+    labels = as_label_batch(labels)
+    if labels.shape[0] == 0:
+        raise ValueError("labels: an empty batch (0 label maps); pass at least one")
+    check_label_range(labels, config)  # before the cast: uint64 values beyond int64 would read as negative
+    labels = labels.astype(np.int64)
     check_label_size(labels.shape[1], labels.shape[2], config)
     if not config.use_instance:
         if instances is not None:

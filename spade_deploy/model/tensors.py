@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from spade_deploy.model.config import GeneratorConfig
-from spade_deploy.model.images import as_rgb_batch
-from spade_deploy.model.labels import as_label_batch, check_label_range, check_semantic_input
+from spade_deploy.model.images import as_rgb_batch, check_not_empty
+from spade_deploy.model.labels import check_semantic_input
 from spade_deploy.model.networks import ConvEncoder
 from spade_deploy.model.sampling import check_seed, sample_latent, sample_posterior
 
@@ -21,10 +21,7 @@ from spade_deploy.model.sampling import check_seed, sample_latent, sample_poster
 def rgb_to_tensor(images: ArrayLike) -> torch.Tensor:
     """uint8 `[N, H, W, 3]` (or `[H, W, 3]`) -> float `[N, 3, H, W]` in [-1, 1] (the official ToTensor +
     Normalize(0.5, 0.5))."""
-    batch = as_rgb_batch(images)
-    if min(batch.shape) < 1:
-        raise ValueError(f"style must have every dimension >= 1 (an image of at least 1x1), got shape "
-                         f"{list(batch.shape)}")
+    batch = check_not_empty(as_rgb_batch(images))
     array = torch.from_numpy(np.ascontiguousarray(batch))
     return array.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -69,12 +66,6 @@ def to_semantic_input(labels: ArrayLike, instances: ArrayLike | None, config: Ge
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Label indices `[N, H, W]` (and instance ids; numpy, lists or CPU tensors), checked on the CPU -> the generator
     input `[N, semantic_nc, H, W]`, built on `device` (default: the CPU): the indices travel, not the one-hot map."""
-    labels = as_label_batch(labels)
-    if labels.shape[0] == 0:
-        raise ValueError("labels: an empty batch (0 label maps); pass at least one")
-    if labels.dtype == np.uint64:
-        # check_semantic_input casts to int64 first, which would report values beyond int64's range as negative.
-        check_label_range(labels, config)
     labels, instances = check_semantic_input(labels, instances, config)
     return one_hot_input(torch.from_numpy(labels).to(device),
                          None if instances is None else torch.from_numpy(instances).to(device), config)

@@ -122,6 +122,13 @@ def test_dynamic_batch(exported_variant):
     assert np.abs(single - eager[:1]).max() <= TOLERANCE
 
 
+def test_the_encoder_export_refuses_an_empty_style(tmp_path):
+    runtime = OnnxEncoder(export_encoder_onnx(random_encoder(EncoderConfig(ngf=8), seed=1), tmp_path / "e.onnx"))
+    for shape in ((0, 4, 3), (0, 8, 8, 3)):
+        with pytest.raises(ValueError, match=r"style must have every dimension >= 1"):
+            runtime(np.zeros(shape, np.uint8))
+
+
 def test_encoder_fold_and_onnx_match_eager(tmp_path):
     encoder = random_encoder(EncoderConfig(ngf=8), seed=1)
     path = export_encoder_onnx(encoder, tmp_path / "encoder.onnx")

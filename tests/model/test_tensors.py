@@ -15,8 +15,8 @@ CONFIG = GeneratorConfig(label_nc=4, ngf=8, z_dim=16, crop_size=64, spade_hidden
 
 @pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3), (0, 4, 4, 3)], ids=["0x0", "0xW", "Hx0", "empty"])
 def test_rgb_to_tensor_refuses_empty_images(shape: tuple[int, ...]) -> None:
-    batch_shape = re.escape(str(list(shape if len(shape) == 4 else (1, *shape))))
-    with pytest.raises(ValueError, match=rf"style must have every dimension >= 1.*got shape {batch_shape}"):
+    shown = re.escape(str(list(shape if len(shape) == 4 else (1, *shape))))  # as a batch
+    with pytest.raises(ValueError, match=rf"style must have every dimension >= 1.*got shape {shown}"):
         rgb_to_tensor(np.zeros(shape, np.uint8))
 
 
