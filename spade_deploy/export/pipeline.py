@@ -45,6 +45,7 @@ ENGINE_SUFFIX = ".plan"  # `export trt`: a TensorRT engine, beside the graph it 
 # (an encoder.onnx beside a generator that is no longer a VAE, an engine built from the old graph) and is removed.
 EXPORT_FILES = (GENERATOR_FILE, ENCODER_FILE, PARITY_FILE,
                 *(str(Path(name).with_suffix(ENGINE_SUFFIX)) for name in (GENERATOR_FILE, ENCODER_FILE)))
+STAGE_PREFIX = ".export-"  # + pid: the hidden folder inside the output folder that an export is written to first
 FAILED_EXPORT = "failed-export"  # in the output folder: the latest export that failed its parity check, to inspect
 
 
@@ -154,7 +155,8 @@ def staged(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=out, prefix=".export-", suffix=".tmp"))
+    _remove_abandoned_stages(out)
+    folder = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGE_PREFIX}{os.getpid()}-", suffix=".tmp"))
     try:
         yield folder
     except ParityError as error:
@@ -176,6 +178,25 @@ def staged(out: str | Path) -> Iterator[Path]:
         (out / name).unlink(missing_ok=True)
     folder.rmdir()
     shutil.rmtree(out / FAILED_EXPORT, ignore_errors=True)  # superseded by this export, which passed
+
+
+def _remove_abandoned_stages(out: Path) -> None:
+    """Remove the staged folders in `out` of exports whose process is gone (killed before it could clean up); a
+    running export's folder (its pid alive) is left alone."""
+    for stage in out.glob(f"{STAGE_PREFIX}*-*.tmp"):
+        pid = stage.name[len(STAGE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def moved(exported: Exported, out: Path) -> Exported:

@@ -238,6 +238,22 @@ def test_a_memory_budget_that_fits_no_request_is_refused_before_the_export(offic
     assert contents(out) == passed and not repository.exists()
 
 
+def test_a_stage_left_by_a_killed_export_is_removed_by_the_next(tmp_path):
+    """An export killed outright leaves its hidden stage in --out; the next export removes it, but never the stage
+    of an export still running (its process alive)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    out = tmp_path / "out"
+    abandoned, running = out / f"{pipeline.STAGE_PREFIX}{dead}-x.tmp", out / f"{pipeline.STAGE_PREFIX}1-y.tmp"
+    for stage in (abandoned, running):  # pid 1 (init) is alive
+        stage.mkdir(parents=True)
+        (stage / "generator.onnx").write_bytes(b"partial")
+    with pipeline.staged(out) as folder:
+        (folder / "generator.onnx").write_bytes(b"new")
+    assert not abandoned.exists() and running.exists()
+    assert (out / "generator.onnx").read_bytes() == b"new"
+
+
 def test_an_error_inside_the_staged_block_leaves_out_as_it_was(tmp_path):
     """Any error after files were written to the staged folder (a repository step, an engine build) leaves --out as
     it was, and removes the folders the stage made for it."""
