@@ -26,7 +26,7 @@ def _integer(low: int, high: int | None, expected: str) -> Callable[[str], int]:
 
 
 positive_int = _integer(1, None, "a positive integer")
-non_negative_int = _integer(0, None, "an integer >= 0")  # a seed
+seed = _integer(0, 2**64 - 1, "a seed from 0 to 2**64 - 1")  # what numpy and torch can both seed from
 port = _integer(0, 65535, "a port number 0..65535 (0: a free one)")  # a TCP port
 
 

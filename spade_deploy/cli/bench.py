@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spade_deploy.bench.runtimes import RUNTIMES
-from spade_deploy.cli.arguments import add_model_arguments, check_output_file, check_output_folder, size_of
+from spade_deploy.cli.arguments import add_model_arguments, check_output_file, check_output_folder, seed, size_of
 from spade_deploy.model.config import PRESETS, GeneratorConfig, generator_preset
 from spade_deploy.serve.server import ServerError
 
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ngf", type=int, help="base channel width (default: the preset's, 64)")
     parser.add_argument("--regions", type=int, help="irregular regions per synthetic label map (default: 16; real "
                                                     "maps have about 8-40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, label maps and latents")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the weights, label maps and latents")
     parser.add_argument("--served", action="store_true",
                         help="benchmark the served model: start tritonserver on free loopback ports and load it over "
                              "gRPC")

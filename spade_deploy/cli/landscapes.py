@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spade_deploy.cli.arguments import check_output_folder, non_negative_int, positive_int
+from spade_deploy.cli.arguments import check_output_folder, positive_int, seed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=positive_int, required=True, help="number of image/label pairs")
     parser.add_argument("--size", type=image_side, default=128,
                         help="side of the square images, a multiple of 8 and at least 32 (default: 128)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="dataset seed, >= 0 (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="dataset seed, 0 to 2**64 - 1 (default: 0)")
     parser.set_defaults(run=run)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spade_deploy.cli.arguments import check_output_folder, positive_int
+from spade_deploy.cli.arguments import check_output_folder, positive_int, seed
 from spade_deploy.model.config import PRESETS, EncoderConfig, generator_preset
 from spade_deploy.training.discriminator import DiscriminatorConfig
 from spade_deploy.training.options import (AMP_MODES, LR_DECAY_MODES, DataOptions, EvalOptions, LossOptions,
@@ -92,11 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--ema", type=float, nargs="?", const=EMA_DEFAULT_DECAY, metavar="DECAY",
                       help=f"keep an EMA of the generator (decay per step, default {EMA_DEFAULT_DECAY}); the "
                            f"checkpoint's generator is then the EMA")
-    loop.add_argument("--ema-bn-batches", type=positive_int, default=OptimOptions.ema_bn_batches, metavar="N",
-                      help=f"random batches of the training batch size that re-estimate the EMA generator's "
-                           f"batch-norm statistics before each save (default: {OptimOptions.ema_bn_batches})")
+    loop.add_argument("--ema-bn-batches", type=positive_int, metavar="N",
+                      help=f"with --ema: random batches of the training batch size that re-estimate the EMA "
+                           f"generator's batch-norm statistics before each save "
+                           f"(default: {OptimOptions.ema_bn_batches})")
     loop.add_argument("--amp", choices=AMP_MODES, default="none", help="mixed precision (fp16: CUDA only)")
-    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--seed", type=seed, default=0,
+                      help="seed of the initial weights, the data order and the latent noise (default: 0)")
 
     evaluation = parser.add_argument_group(
         "evaluation while training (TensorBoard eval/*; see `spade-deploy evaluate`)")
@@ -137,10 +139,18 @@ def build_options(args: argparse.Namespace) -> TrainingOptions:
                          "pass --eval-dataroot DIR")
     if args.no_vgg_loss and args.vgg_weights:
         raise ValueError("--no-vgg-loss and --vgg-weights contradict each other; pass one of them")
+    if args.ema_bn_batches is not None and args.ema is None:
+        raise ValueError("--ema-bn-batches sets how the EMA generator's batch-norm statistics are re-estimated; pass "
+                         "it with --ema")
     try:
-        return _options(args)
+        options = _options(args)
     except ValueError as error:  # the configs name their fields (crop_size); the user typed flags (--crop-size)
         raise ValueError(_name_flags(str(error), args)) from error
+    if args.load_size is not None and options.data.preprocess != "resize_and_crop":
+        raise ValueError(f"--load-size is the square resize before a random crop, but --preset {args.preset} at "
+                         f"aspect ratio {options.generator.aspect_ratio:g} resizes every image straight to the output size "
+                         f"(preprocess {options.data.preprocess!r}, as official): leave --load-size out")
+    return options
 
 
 def _options(args: argparse.Namespace) -> TrainingOptions:
@@ -164,7 +174,7 @@ def _options(args: argparse.Namespace) -> TrainingOptions:
         loss=LossOptions(lambda_vgg=0.0 if args.no_vgg_loss else LossOptions.lambda_vgg, vgg_weights=args.vgg_weights,
                          vgg_imagenet_norm=args.vgg_imagenet_norm),
         optim=OptimOptions(decay_start=args.decay_start, lr_decay=args.lr_decay or ("epoch" if args.epochs else "step"),
-                           ema_decay=args.ema, ema_bn_batches=args.ema_bn_batches),
+                           ema_decay=args.ema, ema_bn_batches=args.ema_bn_batches or OptimOptions.ema_bn_batches),
         eval=EvalOptions(dataroot=args.eval_dataroot, every=args.eval_every, segmenter=args.eval_segmenter,
                          inception=args.eval_inception, limit=args.eval_limit),
         run=RunOptions(run_dir=args.run_dir, batch_size=args.batch_size, max_steps=args.max_steps,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spade_deploy.cli.arguments import check_output_file, positive_int
+from spade_deploy.cli.arguments import check_output_file, positive_int, seed
 
 # Defaults of the bundled landscape segmenter's run (128 px maps): about 0.4 s a step on one core.
 DEFAULT_STEPS = 1400
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"optimisation steps (default: {DEFAULT_STEPS})")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per step (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and flips (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the weights, batches and flips (default: 0)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="PyTorch threads; part of what makes a run reproducible (default: 1)")
     parser.set_defaults(run=run)

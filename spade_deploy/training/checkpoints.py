@@ -72,16 +72,23 @@ def rng_state(noise: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: dict[str, Any], noise: torch.Generator) -> str | None:
+    """Restore what `rng_state` captured. The latent noise and CUDA streams only where `noise` is on the kind of
+    device they were saved on (a CUDA stream's state is not a CPU one's): otherwise they keep the seeding they have,
+    and the returned line says so (None where everything was restored)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    saved_on = "cuda" if "cuda" in state else "cpu"  # rng_state saves a CUDA stream exactly where noise was on CUDA
+    if saved_on != noise.device.type:
+        return (f"the checkpoint's latent-noise stream was saved on {saved_on} and this run is on "
+                f"{noise.device.type}: it restarts from the run's seed, so the resumed run is not bit-exact")
     noise.set_state(state["noise"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], noise.device)
+    return None
 
 
 def seed_everything(seed: int, noise: torch.Generator) -> None:

@@ -57,7 +57,7 @@ def find_samples(dataroot: str | Path, config: GeneratorConfig) -> list[Sample]:
 
     Raises `ValueError` naming the files without a partner."""
     root = Path(dataroot)
-    layout = LAYOUTS[config.preset]
+    layout = layout_of(config)
     if not root.is_dir():
         raise ValueError(f"--dataroot {root} is not a directory")
     images = _index(root, layout.images, layout.image_suffix, IMAGE_EXTENSIONS)
@@ -71,13 +71,22 @@ def find_samples(dataroot: str | Path, config: GeneratorConfig) -> list[Sample]:
                  if key not in images]
     instances: dict[str, Path] = {}
     if config.use_instance:
-        if layout.instances is None:
-            raise ValueError(f"the {config.preset!r} layout has no instance maps; train without use_instance")
         instances = _index(root, layout.instances, layout.instance_suffix, (".png",))
         problems += [f"{images[key]}: no instance map {layout.instances} with the same name" for key in images
                      if key not in instances]
     raise_problems(root, problems)
     return [Sample(images[key], labels[key], instances.get(key)) for key in sorted(images)]
+
+
+def layout_of(config: GeneratorConfig) -> Layout:
+    """The dataset layout of `config`'s preset; `ValueError` where the config uses instance maps that the layout has
+    none of."""
+    layout = LAYOUTS[config.preset]
+    if config.use_instance and layout.instances is None:
+        raise ValueError(f"the {config.preset!r} dataset layout has no instance maps, which a model with instance "
+                         f"edges (trained with --use-instance) needs; the 'custom' layout has them "
+                         f"(DATAROOT/instances/)")
+    return layout
 
 
 def _index(root: Path, pattern: str, suffix: str, extensions: tuple[str, ...]) -> dict[str, Path]:

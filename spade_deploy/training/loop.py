@@ -25,7 +25,7 @@ from spade_deploy.model.checkpoint import checkpoint_entry, load_state, read_che
 from spade_deploy.model.networks import ConvEncoder, SPADEGenerator, init_weights
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.training import checkpoints, distributed
-from spade_deploy.training.data import (ResumableSampler, SegmentationDataset, check_samples, find_samples,
+from spade_deploy.training.data import (ResumableSampler, SegmentationDataset, check_samples, find_samples, layout_of,
                                         raise_problems)
 from spade_deploy.training.discriminator import MultiscaleDiscriminator
 from spade_deploy.training.distributed import Context, all_gather
@@ -59,6 +59,7 @@ def check_start(options: TrainingOptions, context: Context, *, resume: bool) -> 
     process count, the batch each batch norm sees, and the run folder, which a new run needs free of a run and a
     resumed one needs holding a checkpoint of the same options. Returns that checkpoint (None for a new run)."""
     run, config = options.run, options.generator
+    layout_of(config)
     if run.amp == "fp16" and context.device.type != "cuda":
         raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 or none")
     if run.batch_size % context.world_size:
@@ -214,7 +215,9 @@ class Trainer:
         self.opt_d.load_state_dict(checkpoint["optimizers"]["discriminator"])
         self.scaler_g.load_state_dict(checkpoint["scalers"]["generator"])
         self.scaler_d.load_state_dict(checkpoint["scalers"]["discriminator"])
-        checkpoints.set_rng_state(checkpoint["rng"][self.context.rank], self.noise)
+        moved = checkpoints.set_rng_state(checkpoint["rng"][self.context.rank], self.noise)
+        if moved and self.context.is_main:
+            print(f"WARNING: --resume: {moved}", file=sys.stderr, flush=True)
         self.step = checkpoint["step"]
 
     def _check_schedule(self, checkpoint: dict[str, Any], reschedule: bool) -> None:

@@ -105,6 +105,7 @@ NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is av
     pytest.param(("--amp", "fp16"), "--amp fp16 needs CUDA", marks=NEEDS_NO_CUDA),
     pytest.param(("--device", "cuda"), "this PyTorch sees no CUDA device", marks=NEEDS_NO_CUDA),
     (("--resume",), "--resume: there is no"),
+    (("--preset", "ade20k", "--use-instance"), "the 'ade20k' dataset layout has no instance maps"),
 ])
 def test_dry_run_refuses_what_a_run_refuses(tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...],
                                             message: str) -> None:
@@ -145,11 +146,16 @@ def test_a_run_dir_that_is_a_file_is_refused(tmp_path: Path, landscapes32: Path,
     (("--keep", "-1"), "--keep must be >= 0, got -1"),
     (("--label-nc", "0"), "argument --label-nc: expected a positive integer, got 0"),
     (("--batch-size", "0"), "argument --batch-size: expected a positive integer, got 0"),
+    (("--seed", "-1"), "argument --seed: expected a seed from 0 to 2**64 - 1, got -1"),
+    (("--preset", "cityscapes", "--crop-size", "128", "--load-size", "150"),
+     "--load-size is the square resize before a random crop, but --preset cityscapes at aspect ratio 2 resizes"),
+    (("--ema-bn-batches", "5"), "--ema-bn-batches sets how the EMA generator's batch-norm statistics are "
+                                "re-estimated; pass it with --ema"),
 ])
 def test_errors_name_the_flags_not_the_fields(tmp_path: Path, capsys: pytest.CaptureFixture,
                                               extra: tuple[str, ...], message: str) -> None:
     args = tiny_args(tmp_path, tmp_path / "run", *extra, "--dry-run")
-    if extra[0] in ("--label-nc", "--batch-size"):  # argparse's own usage error
+    if extra[0] in ("--label-nc", "--batch-size", "--seed"):  # argparse's own usage error
         with pytest.raises(SystemExit) as exited:
             cli.main(args)
         assert exited.value.code == 2

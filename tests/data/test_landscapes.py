@@ -168,7 +168,7 @@ def test_write_dataset_refuses_a_folder_that_holds_a_dataset(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("argv, message", [
     (["--size", "36"], "argument --size: expected a multiple of 8 of at least 32, got 36"),
-    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--seed", "-1"], "argument --seed: expected a seed from 0 to 2**64 - 1, got -1"),
 ])
 def test_the_command_checks_its_arguments(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exit_info:

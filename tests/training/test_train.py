@@ -16,7 +16,7 @@ import torch
 
 import spade_deploy
 from spade_deploy.model import io_spec
-from spade_deploy.model.checkpoint import read_checkpoint
+from spade_deploy.model.checkpoint import read_checkpoint, write_checkpoint
 from spade_deploy.model.tensors import to_semantic_input
 from spade_deploy.training import checkpoints, distributed
 from spade_deploy.training.loop import Trainer, lr_factor
@@ -235,6 +235,25 @@ def test_resume_keeps_the_planned_schedule_unless_told(tmp_path: Path, dataset: 
     assert cli.main(["train", *longer, "--reschedule"]) == 0
     assert "WARNING: --reschedule: the run was planned for 3 steps" in capsys.readouterr().err
     assert read_checkpoint(run_dir / "checkpoints" / "latest.pt")["step"] == 6
+
+
+def test_a_run_saved_on_cuda_resumes_on_the_cpu(tmp_path: Path, dataset: Path, tiny_args,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """--device may change on --resume: the CUDA latent-noise stream cannot be restored on the CPU (the two states
+    differ in size), so it restarts from the seed, saying so. The checkpoint is made to look as a CUDA run writes it
+    (no GPU here): its device, a 16-byte Philox noise state and a CUDA stream."""
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *tiny_args(dataset, run_dir, "--max-steps", "1")]) == 0
+    latest = run_dir / "checkpoints" / "latest.pt"
+    saved = read_checkpoint(latest)
+    saved["options"]["run"]["device"] = "cuda"
+    saved["rng"][0]["noise"] = saved["rng"][0]["cuda"] = torch.zeros(16, dtype=torch.uint8)
+    write_checkpoint({key: value for key, value in saved.items() if not key.startswith("format")}, latest)
+    capsys.readouterr()
+    assert cli.main(["train", *tiny_args(dataset, run_dir, "--max-steps", "2", "--resume", "--reschedule")]) == 0
+    assert ("WARNING: --resume: the checkpoint's latent-noise stream was saved on cuda and this run is on cpu: it "
+            "restarts from the run's seed") in capsys.readouterr().err
+    assert read_checkpoint(latest)["step"] == 2
 
 
 _KILLED_SAVE = """
