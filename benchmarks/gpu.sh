@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, in one go: `benchmarks/gpu.sh [DIR]` (default
-# benchmarks/results/<date>-<gpu name>/). Without a GPU (nvidia-smi missing or failing) it says so and exits 0 at once.
+# benchmarks/results/<date>-<gpu name>/ of this repository; a relative DIR is the caller's). Without a GPU
+# (nvidia-smi missing or failing) it says so and exits 0 at once.
 #
 # Needs, from a fresh clone, on a Linux machine with an NVIDIA GPU and its driver:
 #     pip install torch                        # PyPI's Linux wheel is the CUDA build (not the CPU wheel of pyproject)
 #     pip install -e ".[gpu,train,bench]"      # onnxruntime-gpu + tensorrt<11, tensorboard, openvino + matplotlib
-#     pip uninstall -y onnxruntime onnxruntime-gpu && pip install "onnxruntime-gpu>=1.18"
+#     pip uninstall -y onnxruntime onnxruntime-gpu && pip install "onnxruntime-gpu>=1.19"   # CUDA 12 builds
 # The last line because the core dependency `onnxruntime` and `onnxruntime-gpu` install the same package: with both,
 # whichever came last wins and the CUDA providers may be gone (the info stage fails then, saying so).
 # PYTHON=/path/to/python picks the interpreter (default: python); WORK=DIR keeps the datasets, checkpoints, ONNX
-# files and engines there (default: a new temporary folder, left in place and named at the end).
+# files and engines in a new folder inside DIR (default: a new temporary folder), left in place and named at the end.
 #
 # Stages, each logged to DIR/<stage>.log; a stage that fails is reported and the independent ones still run:
-#   info        nvidia-smi, versions, ONNX Runtime's providers, whether TensorRT imports;
+#   info        nvidia-smi, versions, ONNX Runtime's providers (the CUDA one must start a session, not only be
+#               listed), whether TensorRT imports;
 #   data        16 procedural landscapes of 64x64 (`spade-deploy landscapes`);
 #   train-fp32, train-bf16, train-fp16
 #               3 steps of `python -m training.train --device cuda --amp none|bf16|fp16` on them (ngf 16, no VGG);
 #   export      the fp32-trained checkpoint: `python -m export.trt` (dense graph; ONNX parity against float64, then
-#               the fp16 engine; `export-fp32`: the fp32 engine), or `python -m export.onnx --dense` where TensorRT
-#               does not import;
+#               the fp16 engine; `export-fp32`: the fp32 engine; `export-sparse`: the fp16 engine of the
+#               sparse-tensorrt graph), or `python -m export.onnx --dense` where TensorRT does not import;
 #   parity      that ONNX in ONNX Runtime's CUDA provider (fp32, TF32 off; must pass the export's parity check
 #               against float64) and the engines (max |Δ|, PSNR and 8-bit levels against float64; reported) ->
 #               DIR/parity.json;
@@ -39,17 +41,24 @@ if ! gpu_names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>&1) || [[ -
 fi
 gpu=${gpu_names%%$'\n'*}  # the first GPU: every stage runs on device 0
 
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
 slug=${gpu,,}
 slug=${slug//[^a-z0-9]/-}
 while [[ $slug == *--* ]]; do slug=${slug//--/-}; done
 slug=${slug#-}
 slug=${slug%-}
-results=${1:-benchmarks/results/$(date -u +%F)-$slug}
-work=${WORK:-$(mktemp -d -t spade-gpu-XXXXXX)}
-mkdir -p "$results" "$work"
-results=$(cd "$results" && pwd)
+results=${1:-$(dirname "$0")/../benchmarks/results/$(date -u +%F)-$slug}
+mkdir -p "$results"
+results=$(cd "$results" && pwd)  # absolute, as the caller meant it, before the cd below
+if [[ -n ${WORK:-} ]]; then
+    mkdir -p "$WORK"
+    work=$(mktemp -d "$(cd "$WORK" && pwd)/spade-gpu-XXXXXX")  # a fresh one: a rerun must not train on a used one
+else
+    work=$(mktemp -d -t spade-gpu-XXXXXX)
+fi
+# This run's files only: an earlier run's parity or engine record would otherwise stay beside a failed stage.
+rm -f "$results"/*.log "$results"/engine-*.json "$results/parity.json" "$results/summary.txt"
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
 threads=$(nproc)
 summary=()
 failed=0
@@ -95,7 +104,27 @@ if not torch.cuda.is_available():
     problems.append("torch sees no CUDA device: install PyPI's CUDA build of torch (pip install torch)")
 if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
     problems.append("onnxruntime has no CUDAExecutionProvider: pip uninstall -y onnxruntime onnxruntime-gpu && "
-                    "pip install 'onnxruntime-gpu>=1.18'")
+                    "pip install 'onnxruntime-gpu>=1.19'")
+else:  # listed is not started: a provider whose libraries do not load leaves ONNX Runtime on the CPU
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from spade_deploy.errors import Failure
+    from spade_deploy.export.runtime import make_session
+
+    tensor = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", tensor[:1],
+                                                tensor[1:]), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx.save(probe, Path(folder) / "probe.onnx")
+        try:
+            make_session(Path(folder) / "probe.onnx", providers=["CUDAExecutionProvider"])
+            print("ONNX Runtime's CUDA provider starts")
+        except Failure as error:
+            problems.append(str(error))
 if problems:
     raise SystemExit("gpu.sh: " + "; ".join(problems))
 PY
@@ -179,6 +208,10 @@ elif "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then
     if stage export-fp32 "$PYTHON" -m export.trt "$checkpoint" --out "$work/export-fp32" \
         --precision fp32 --require-engine --parity-samples 1; then
         cp "$work/export-fp32/generator.plan.json" "$results/engine-fp32.json"
+    fi
+    if stage export-sparse "$PYTHON" -m export.trt "$checkpoint" --out "$work/export-sparse" \
+        --graph sparse-tensorrt --require-engine --parity-samples 1; then
+        cp "$work/export-sparse/generator.plan.json" "$results/engine-sparse-fp16.json"
     fi
 else
     skip "TensorRT engines" "TensorRT does not import ($PYTHON -c 'import tensorrt')"

@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,12 +32,13 @@ _MEMINFO = Path("/proc/meminfo")
 _PROC_STAT = Path("/proc/stat")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _RESET_PEAK = "5"  # clear_refs code: reset the peak resident set size (Linux >= 4.0)
-_VERSIONS = ("torch", "onnxruntime", "openvino", "numpy", "onnx", "tritonclient", "nvidia-pytriton")
+_VERSIONS = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino", "numpy", "onnx", "tritonclient",
+             "nvidia-pytriton")
 
 
 def describe_machine(threads: int) -> dict[str, Any]:
-    """CPU model, cores, SIMD flags, memory, the threads the benchmark uses, the load average when it started,
-    package versions, date, git commit."""
+    """CPU model, cores, SIMD flags, memory, the NVIDIA GPUs (where there are any), the threads the benchmark uses,
+    the load average when it started, package versions, date, git commit."""
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
     return {
@@ -45,6 +47,7 @@ def describe_machine(threads: int) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "simd": [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags],
         "memory_gib": round(memory / 2 ** 20, 1) if (memory := _proc_kib(_MEMINFO, "MemTotal")) else None,
+        "gpus": _gpus(),
         "threads": threads,
         "load_average_1min": load_average(),  # other work on the machine skews every number
         "os": f"{platform.system()} {platform.release()}",
@@ -150,6 +153,18 @@ def _cpuinfo() -> dict[str, str]:
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
     return fields
+
+
+def _gpus() -> list[str]:
+    """The NVIDIA GPUs as nvidia-smi lists them ("name, driver version"); none where it is missing or fails."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.splitlines() if line.strip()]
 
 
 def _version(distribution: str) -> str | None:

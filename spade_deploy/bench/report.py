@@ -49,7 +49,7 @@ def render(directory: Path) -> Path:
         raise ValueError(f"{directory} holds no benchmark result ({', '.join(RESULT_FILES.values())})")
     machine = next(iter(results.values()))["machine"]
     lines = [f"# SPADE benchmarks: {machine['cpu']}, {machine['cores']} cores, {machine['date'][:10]}", "",
-             _machine_line(machine), "",
+             machine_line(machine), "",
              "Speed claims are ratios measured within one run: between runs this machine varies by ±10–15 %, and by "
              "up to 2× in the slow phases of its shared host.", ""]
     for result in results.values():
@@ -80,11 +80,13 @@ def section(result: dict[str, Any]) -> list[str]:
     return _inprocess_section(result) if result["kind"] == "inprocess" else _served_section(result)
 
 
-def _machine_line(machine: dict[str, Any]) -> str:
+def machine_line(machine: dict[str, Any]) -> str:
+    """The reports' line on what a run ran on (`describe_machine`'s record)."""
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
+    gpus = f"; GPU {', '.join(machine['gpus'])}" if machine.get("gpus") else ""  # earlier results lack it
     return (f"Machine: {machine['cpu']} ({machine['cpu_id']}; {', '.join(machine['simd']) or 'no AVX2'}), "
-            f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['os']}, Python {machine['python']}; "
-            f"{versions}; git {machine['git']}.")
+            f"{machine['cores']} cores, {machine['memory_gib']} GiB{gpus}, {machine['os']}, Python "
+            f"{machine['python']}; {versions}; git {machine['git']}.")
 
 
 def _competition(machine: dict[str, Any]) -> str:

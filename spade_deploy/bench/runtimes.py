@@ -158,7 +158,10 @@ def tensorrt_fp32_precision() -> str:
 
 def tensorrt_runner(subject: Subject, path: Path | None) -> Runner:
     """Our folded graph in ONNX Runtime's TensorRT execution provider in TensorRT's fp32 mode (see
-    `tensorrt_fp32_precision`); CUDA for what TensorRT declines."""
+    `tensorrt_fp32_precision`); CUDA for what TensorRT declines. TensorRT is imported first: the provider loads
+    libnvinfer by name, which a pip-installed TensorRT puts on no library path, and finds it loaded so."""
+    import tensorrt  # noqa: F401
+
     return onnxruntime_runner(subject, path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"],
                               precision=tensorrt_fp32_precision())
 
@@ -174,8 +177,9 @@ def tensorrt_engine_fp16(subject: Subject, path: Path | None) -> Runner:
 
 
 def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
-    """A serialized TensorRT engine (`*.plan`) run on the current CUDA stream, inputs copied from and `image_float`
-    back to the host on every call, as a client of the engine would."""
+    """A serialized TensorRT engine (`*.plan`) run on a CUDA stream of its own (on the default stream, TensorRT
+    synchronises more), inputs copied from and `image_float` back to the host on every call, as a client of the
+    engine would."""
     import tensorrt as trt
 
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
@@ -187,19 +191,20 @@ def tensorrt_engine_runner(plan: Path, precision: str) -> Runner:
     outputs = [name for name in names if name not in inputs]
     dtypes = {name: torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
               for name in outputs}
+    stream = torch.cuda.Stream()
 
     def run(feeds: Feeds) -> np.ndarray:
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda() for name in inputs}
-        for name, tensor in tensors.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-        for name in outputs:
-            tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtypes[name], device="cuda")
-        for name, tensor in tensors.items():
-            context.set_tensor_address(name, tensor.data_ptr())
-        stream = torch.cuda.current_stream()  # the one the copies above were queued on
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise Failure(f"TensorRT failed to run the engine {plan}")
-        return tensors[io_spec.IMAGE_FLOAT].cpu().numpy()  # waits for the stream
+        with torch.cuda.stream(stream):  # the copies, the engine and the copy back, in order on one stream
+            tensors = {name: torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda() for name in inputs}
+            for name, tensor in tensors.items():
+                context.set_input_shape(name, tuple(tensor.shape))
+            for name in outputs:
+                tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtypes[name], device="cuda")
+            for name, tensor in tensors.items():
+                context.set_tensor_address(name, tensor.data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise Failure(f"TensorRT failed to run the engine {plan}")
+            return tensors[io_spec.IMAGE_FLOAT].cpu().numpy()  # waits for the stream
     return Runner(run, precision)
 
 

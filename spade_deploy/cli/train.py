@@ -148,8 +148,8 @@ def build_options(args: argparse.Namespace) -> TrainingOptions:
         raise ValueError(_name_flags(str(error), args)) from error
     if args.load_size is not None and options.data.preprocess != "resize_and_crop":
         raise ValueError(f"--load-size is the square resize before a random crop, but --preset {args.preset} at "
-                         f"aspect ratio {options.generator.aspect_ratio:g} resizes every image straight to the output size "
-                         f"(preprocess {options.data.preprocess!r}, as official): leave --load-size out")
+                         f"aspect ratio {options.generator.aspect_ratio:g} resizes every image straight to the output "
+                         f"size (preprocess {options.data.preprocess!r}, as official): leave --load-size out")
     return options
 
 

@@ -28,16 +28,25 @@ _OPENVINO_TYPES = {FP32: "f32", BF16: "bf16"}  # our precision -> OpenVINO's INF
 _FROM_OPENVINO = {"f32": FP32, "bf16": BF16, "f16": FP16}  # openvino.Type.get_type_name() -> ours
 
 
-def make_session(path: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
+def make_session(path: str | Path, *, threads: int | None = None, providers: list[Any] | None = None,
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session with the deployment's options (`session_options`) or the given ones; the heap that
-    loading freed goes back to the system (`release_freed_heap`)."""
+    loading freed goes back to the system (`release_freed_heap`). `providers` as ONNX Runtime takes them (names, or
+    (name, options) pairs); a `Failure` where one of them did not start: ONNX Runtime would only log that and run on
+    what it could start (a CUDA provider whose libraries do not load: the CPU), and a check would pass on that."""
     path = _existing(path)
+    providers = providers or ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), options or session_options(threads),
-                                       providers=providers or ["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options or session_options(threads), providers=providers)
     except InvalidProtobuf:
         raise ValueError(f"{path} is not a readable ONNX model (ONNX Runtime cannot parse it)") from None
+    requested = [provider if isinstance(provider, str) else provider[0] for provider in providers]
+    missing = [name for name in requested if name not in session.get_providers()]
+    if missing:
+        raise Failure(f"ONNX Runtime did not start {', '.join(missing)} for {path} and would run it on "
+                      f"{', '.join(session.get_providers())} instead (available in this build: "
+                      f"{', '.join(ort.get_available_providers())}); its log above says why (for CUDA and TensorRT: "
+                      f"libraries that do not load)")
     release_freed_heap()
     return session
 

@@ -96,14 +96,20 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         pinned = fp32_node_names(onnx_path)
+        floats = (trt.float32, trt.float16)
         for index in range(network.num_layers):
             layer = network.get_layer(index)
+            outputs = [layer.get_output(output) for output in range(layer.num_outputs)]
+            # Only layers that compute floats: a pinned node's shape bookkeeping (the sparse graphs' int64
+            # Constant, Shape, Unsqueeze ... under /conv_img/) has no fp32 implementation to obey.
+            if layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE) or not all(
+                    tensor.dtype in floats for tensor in outputs):
+                continue
             # The ONNX parser names a layer after its node (multi-layer nodes add a suffix).
             if layer.type == trt.LayerType.NORMALIZATION or any(layer.name.startswith(name) for name in pinned):
                 layer.precision = trt.float32
                 for output in range(layer.num_outputs):
-                    if layer.get_output_type(output) in (trt.float16, trt.float32):
-                        layer.set_output_type(output, trt.float32)
+                    layer.set_output_type(output, trt.float32)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

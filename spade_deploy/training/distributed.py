@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# How long a rank waits in a collective before the job is aborted as hung. The other ranks wait at the next step
+# while the main rank evaluates (`--eval-dataroot`: thousands of maps, the segmenter on the CPU) and saves; NCCL's
+# default, 10 minutes, would abort a run in its first evaluation of a large validation split.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ def setup(device: str) -> Context:
     context = local_context(device)
     if context.world_size > 1:
         use_cuda = context.device.type == "cuda"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT,
                                 device_id=context.device if use_cuda else None)  # nccl binds the rank to its GPU
     return context
 

@@ -48,3 +48,27 @@ def test_the_script_is_executable_bash_with_strict_mode() -> None:
     text = SCRIPT.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
     assert SCRIPT.stat().st_mode & 0o111
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_a_relative_results_folder_is_the_callers_and_work_folders_are_fresh(tmp_path: Path) -> None:
+    """With a GPU listed (nvidia-smi here is a script) and a Python that fails, the info stage fails and the run
+    ends there with exit 1: its log and summary land in DIR as the caller named it (relative to the caller's
+    folder, not to the repository the script moves to), an earlier run's records there are gone, and WORK gets a
+    new folder of this run's own beside the earlier one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("nvidia-smi", "echo 'NVIDIA H200'"), ("python", "echo 'no python here' >&2; exit 3")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{text}\n")
+        (bin_dir / name).chmod(0o755)
+    results, work = tmp_path / "results", tmp_path / "work"
+    (work / "spade-gpu-earlier").mkdir(parents=True)
+    results.mkdir()
+    (results / "parity.json").write_text("{}")
+    done = subprocess.run([BASH, str(SCRIPT), "results"], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "WORK": "work"},
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED   info (exit 3" in (results / "summary.txt").read_text()
+    assert "no python here" in (results / "info.log").read_text()
+    assert not (results / "parity.json").exists()
+    assert len(list(work.iterdir())) == 2, list(work.iterdir())

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from spade_deploy.bench import report
 from spade_deploy.bench.machine import CpuTimes, cpu_competition, cpu_times, describe_machine, machine_slug
 
 CHILD_CPU_S = 1.0  # CPU time the competing child spins for
@@ -77,3 +78,16 @@ def _others_s(start: CpuTimes, cores: int) -> tuple[float, float]:
     share = cpu_competition(start, cores)["cpu_others_share"]
     after = time.monotonic()
     return (share - 5e-4) * cores * (before - start.wall_s), (share + 5e-4) * cores * (after - start.wall_s)
+
+
+def test_the_gpus_are_recorded_where_nvidia_smi_lists_them(tmp_path: Path, monkeypatch) -> None:
+    """A bench run on a GPU machine says which GPU and driver it ran on (here nvidia-smi is a script saying what
+    one H200 machine's says); without nvidia-smi the list is empty."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert describe_machine(2)["gpus"] == []
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H200, 570.124.06'\n")
+    fake.chmod(0o755)
+    machine = describe_machine(2)
+    assert machine["gpus"] == ["NVIDIA H200, 570.124.06"]
+    assert "GiB; GPU NVIDIA H200, 570.124.06, Linux" in report.machine_line(machine)

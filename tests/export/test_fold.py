@@ -5,9 +5,11 @@ from contextlib import nullcontext
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
+from spade_deploy.errors import Failure
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import EncoderConfig, GeneratorConfig
 from spade_deploy.export.fold import fold_encoder, fold_generator, upsample_last
@@ -225,6 +227,17 @@ class TestRuntimeRejectsBadInput:
                 make_session(path, threads=threads)
         with pytest.raises(ValueError, match=r"is not a style encoder export: its inputs are \['label', 'instance'\]"):
             OnnxEncoder(path)
+
+    def test_a_provider_that_does_not_start_fails_instead_of_running_on_the_cpu(self, tmp_path):
+        """ONNX Runtime only logs a provider it cannot start and runs on the CPU; a parity check or a bench row
+        would then claim the CPU's result for CUDA. Here the provider is not even built in (CPU onnxruntime)."""
+        path = export_generator_onnx(random_generator(VARIANTS[0][1]), tmp_path / "g.onnx")
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("this onnxruntime has the CUDA provider: the fallback needs one that does not start")
+        with pytest.warns(UserWarning, match="not in available provider names"), \
+                pytest.raises(Failure, match=r"did not start CUDAExecutionProvider for .*g.onnx and would run it on "
+                                             r"CPUExecutionProvider instead"):
+            OnnxGenerator(path, providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
 
     def test_export_size_not_multiple(self, tmp_path):
         with pytest.raises(ValueError, match="multiples of 32"):
