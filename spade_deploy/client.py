@@ -50,9 +50,14 @@ _ADDRESS = re.compile(r"(?P<host>[^\s/]+):(?P<port>\d{1,5})")
 # refused, or the pipeline's call of an inner model refused (INTERNAL). The server is going away, as when it refuses
 # connections a moment later, so these are `ServerUnavailable` too: retried, and sent to another address. The same
 # holds for an inner model the pipeline finds not ready ("Model 'spade_generator' is not ready"): that is the
-# supervisor of `spade-deploy serve` reloading it after its backend process died, which passes in seconds.
+# supervisor of `spade-deploy serve` reloading it after its backend process died, which passes in seconds; and so is
+# a backend process Triton found dead or frozen ("Stub process '...' is not healthy"), which that supervisor reloads.
 _GOING_AWAY = re.compile(r"server is stopping|server not ready|has no available versions|not at ready state|"
-                         r"model '[^']+' is not ready", re.I)
+                         r"model '[^']+' is not ready|stub process '[^']+' is not healthy", re.I)
+# Retry rounds of the project's own callers (the studio, `synthesize --server`) once the server answered: waits of
+# 0.2 s doubling, 6.2 s in all, which ride out a server restart or a model reload by the supervisor of `spade-deploy
+# serve` (about a second each), and keep a server that is gone from costing a painting user more than seconds.
+SERVING_RETRIES = 5
 
 
 MAX_TIMEOUT = 1e6  # seconds (11.6 days): the longest request timeout the client takes

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--startup-timeout", type=positive_seconds, default=180.0, metavar="S",
                         help="seconds to wait until every model is ready (default 180)")
     parser.add_argument("--log-file", type=Path, metavar="FILE",
-                        help="keep the server log here (default: a temporary file, removed at exit)")
+                        help="keep the server log here, appended to (default: a temporary file, removed at exit)")
     parser.add_argument("--no-supervise", dest="supervise", action="store_false",
                         help="do not reload a model whose process died nor restart a server that died; exit when "
                              "the server exits")

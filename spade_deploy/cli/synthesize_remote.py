@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from spade_deploy.cli.synthesize import DEFAULT_SEED, output_paths
-from spade_deploy.client import InvalidInput, SpadeClient, SpadeClientError
+from spade_deploy.client import SERVING_RETRIES, InvalidInput, SpadeClient, SpadeClientError
 from spade_deploy.model.images import write_rgb
 
 
@@ -22,9 +22,11 @@ def run(args: argparse.Namespace) -> int:
     inputs = [path for path in (*args.labels, *(args.instances or ()), args.style) if path is not None]
     outputs = output_paths(args.labels, args.out, inputs)
     try:
-        with SpadeClient(args.server) as client:
+        with SpadeClient(args.server) as client:  # an unreachable server: an error at once
             seed = args.seed
-            if client.served.config.use_vae and args.style is None and seed is None:
+            served = client.served
+            client.retries = SERVING_RETRIES  # it answered: ride out a restart or a reload from now on
+            if served.config.use_vae and args.style is None and seed is None:
                 print(f"note: a VAE generator needs a latent z; without --style or --seed it is drawn with seed "
                       f"{DEFAULT_SEED}", file=sys.stderr)
                 seed = DEFAULT_SEED

@@ -134,6 +134,7 @@ class TritonServer:
         self._log_file = Path(log_file) if log_file is not None else None
         self._work_dir: Path | None = None
         self._process: subprocess.Popen | None = None
+        self._log_offset = 0  # where the current start's lines begin in the log
         # Every shared-memory region this server's stubs were seen with: a stub that was killed, or a server that
         # was, leaves its region in /dev/shm, and only the names tell ours from another server's.
         self._shm_regions: set[str] = set()
@@ -231,7 +232,9 @@ class TritonServer:
         environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                            **{heartbeat.ENVIRONMENT: str(self.heartbeat_dir)})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
+        # Appended: after a restart the log still holds what the server that died wrote (`--log-file`).
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             # Own session: a Ctrl-C in the terminal reaches only us, and `stop` forwards it once.
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                              env=environment, start_new_session=True, preexec_fn=_die_with_parent)
@@ -254,15 +257,18 @@ class TritonServer:
             time.sleep(0.1)
 
     def _failure(self) -> str:
-        """The reasons in the server log: each model that failed to load and why, else the log's last lines."""
-        log = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+        """The reasons in what this start wrote to the server log: each model that failed to load and why, else
+        the log's last lines."""
+        with open(self.log_path, "rb") as file:
+            file.seek(self._log_offset)
+            log = file.read().decode(errors="replace")
         models = dict(re.findall(r"failed to load '([^']+)' version \d+: (.*?)\"?$", log, flags=re.MULTILINE))
         if models:
             return "\n".join(f"model {name!r} failed to load: {reason}" for name, reason in models.items())
         in_use = re.search(r".*already in use.*", log)
         if in_use:
             return f"a port is taken: {in_use.group(0).strip()}"
-        return "last lines of the server log:\n" + self.log_tail(30)
+        return "last lines of the server log:\n" + "\n".join(log.splitlines()[-30:])
 
     # ------------------------------------------------------------------------------------------- processes
     def stubs(self) -> list[Stub]:

@@ -6,7 +6,8 @@ process ... is not healthy" while the model and the server keep reporting ready.
 
 What the supervisor does, every `interval` seconds:
 - tritonserver ended → restart it on the same ports (`restart_limit` deaths within `restart_window` seconds end
-  supervision with a `ServerError`);
+  supervision with a `ServerError`); a restart that fails (a port taken meanwhile, say) is tried again with a growing
+  pause, as a model load is, and is not counted as a death;
 - an instance has no live stub (gone, or a zombie) → unload the model and the models that call it (the pipeline
   calls the generator and the encoder), so that their readiness and the server's say "not ready" while they cannot
   serve, then load them again, callee first. A load that fails is retried with a growing pause (up to a minute).
@@ -38,11 +39,13 @@ from spade_deploy.serve import heartbeat
 from spade_deploy.serve.server import ServerError, Stub, TritonServer, python_stubs
 
 _logger = logging.getLogger(__name__)
-MAX_RETRY_PAUSE = 60.0  # seconds: the longest pause between two attempts to load a model that failed to load
+MAX_RETRY_PAUSE = 60.0  # seconds: the longest pause between two attempts to load a model, or start the server
 SHUTDOWN_GRACE = 3.0  # seconds a server gets to exit by itself once its current models are unloaded
-# Seconds without a heartbeat after which a stub counts as hung: 30 beats missed, far beyond any pause of a busy
-# machine (a stub beats from a thread of its own, also while it runs a model).
-STALL_TIMEOUT = 30.0
+# Seconds without a heartbeat after which a stub counts as hung: 10 beats missed, far beyond any pause of a busy
+# machine (a stub beats from a thread of its own, also while it runs a model). Triton itself gives up on a stopped
+# stub within about a second and fails every request routed to it ("Stub process ... is not healthy") while it keeps
+# reporting the model ready, so every second of waiting here is a second of failed requests.
+STALL_TIMEOUT = 10.0
 # Seconds one execution may run before its stub counts as hung: far above a full dynamic batch of the largest preset
 # on a 2-core CPU (Cityscapes 512x256: 4.3 s per image for the plain graph in ONNX Runtime on a Zen 3, so about 35 s
 # for a batch of 8; the served sparse graph takes half that); None: no limit.
@@ -88,7 +91,8 @@ class Supervisor:
         self._retry: dict[str, tuple[float, float]] = {}  # model that failed to load -> (next attempt at, pause)
         self._replaced: dict[int, float] = {}  # stub pid of a replaced model version -> when it was replaced
         self._reloaded = False  # a model was reloaded since the server started: Triton may hold a replaced version
-        self._down: int | None = None  # exit status of a server whose restart failed: try again next round
+        # A server whose restart failed: (its exit status, when to try again, the pause before that try).
+        self._down: tuple[int, float, float] | None = None
         if server.pid is not None:
             self._learn_instances()  # now, before anything can die unseen
 
@@ -106,7 +110,11 @@ class Supervisor:
         after) and stubs left by a reload."""
         if self._down is None and self.server.pid is None:
             raise ServerError("the supervised server is not running; start it first")
-        status = self.server.exit_status if self._down is None else self._down
+        if self._down is not None:
+            if time.monotonic() >= self._down[1]:
+                self._start_again(self._down[0])
+            return
+        status = self.server.exit_status
         if status is not None:
             self._restart_server(status)
             return
@@ -237,21 +245,27 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------- the server
     def _restart_server(self, status: int) -> None:
+        """The server died (exit `status`): restart it, unless it died too often."""
         now = time.monotonic()
         self.restarts = [moment for moment in self.restarts if now - moment < self.restart_window]
-        tail = self.server.log_tail(8) if self._down is None else "(see above)"
+        tail = self.server.log_tail(8)
         if len(self.restarts) >= self.restart_limit:
             raise ServerError(f"tritonserver died {len(self.restarts) + 1} times within {self.restart_window:.0f} s "
                               f"(last exit status {status}); not restarting it again. Last lines of its log:\n{tail}")
         self.report(f"tritonserver exited by itself (status {status}); restarting it on the same ports. Last lines "
                     f"of its log:\n{tail}")
         self.restarts.append(now)
+        self._start_again(status)
+
+    def _start_again(self, status: int) -> None:
+        """Start the dead server (exit `status`) again; where that fails, try again after a growing pause."""
         started = time.monotonic()
         try:
             self.server.restart()
-        except ServerError as error:  # a port taken meanwhile, a model that no longer loads: counts as a death
-            self._down = status
-            self.report(f"tritonserver did not start again: {error}")
+        except ServerError as error:  # a port taken meanwhile, a model that no longer loads
+            pause = min(2 * self._down[2], MAX_RETRY_PAUSE) if self._down is not None else 1.0
+            self._down = (status, time.monotonic() + pause, pause)
+            self.report(f"tritonserver did not start again: {error}; trying again in {pause:.0f} s")
             return
         self._down = None
         self._instances, self._retry, self._replaced, self._reloaded = {}, {}, {}, False

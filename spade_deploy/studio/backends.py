@@ -133,12 +133,13 @@ class ServerBackend(Backend):
     """The `spade` pipeline of a running `spade-deploy serve`, through `SpadeClient` (gRPC `HOST:PORT`, or a list of
     replicas tried in turn).
 
-    Asks the server for its model at once, so an unreachable server stops `spade-deploy paint` before it serves."""
+    Asks the server for its model at once, so an unreachable server stops `spade-deploy paint` before it serves;
+    after that each request rides out a server restart or model reload (`client.SERVING_RETRIES`)."""
 
     kind = "triton"
 
     def __init__(self, url: str | list[str]) -> None:
-        from spade_deploy.client import SpadeClient
+        from spade_deploy.client import SERVING_RETRIES, SpadeClient
 
         self.client = SpadeClient(url)
         self.source = url if isinstance(url, str) else ", ".join(url)
@@ -149,6 +150,7 @@ class ServerBackend(Backend):
             raise
         self.config, self.height, self.width = served.config, served.height, served.width
         self.takes_style = io_spec.STYLE in served.inputs
+        self.client.retries = SERVING_RETRIES
 
     def synthesize(self, labels: np.ndarray, seed: int | None, style: np.ndarray | None) -> np.ndarray:
         return self.client.synthesize(labels, instances_for(labels, self.config), style=style, seed=seed)[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spade_deploy.client import SpadeClient, SpadeClientError
+from spade_deploy.client import SERVING_RETRIES, ServerUnavailable, SpadeClient, SpadeClientError
 from spade_deploy.model import io_spec
 from spade_deploy.serve import heartbeat
 from spade_deploy.serve.repository import write_repository
@@ -199,3 +200,66 @@ def test_stop_right_after_a_stub_kill_is_clean(serve: Serve) -> None:
     ended = "every current model was unloaded; tritonserver was then ended" in serve.output
     assert clean or ended, serve.output
     assert_no_shm_left(serve)
+
+
+def test_a_restart_that_finds_a_port_taken_is_tried_again_not_counted_as_deaths(serve: Serve) -> None:
+    """The server dies once, and its HTTP port is taken by another program for a few seconds: the supervisor keeps
+    trying with a growing pause (a failed start is not a death) and the server comes back once the port is free.
+    The log file keeps the dead server's lines. (`serve` is stopped meanwhile, so that the port is taken before its
+    supervisor looks.)"""
+    first = serve.server_pid()
+    os.kill(serve.process.pid, signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        squatter = socket.socket()
+        deadline = time.monotonic() + 10
+        while True:  # the port is free once the kernel has closed the dead server's sockets
+            try:
+                squatter.bind(("127.0.0.1", serve.ports["http"]))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dead server's HTTP port never became free"
+                time.sleep(0.01)
+        squatter.listen()
+    finally:
+        os.kill(serve.process.pid, signal.SIGCONT)
+    with squatter:
+        serve.wait_for(rf"did not start again: the http port 127.0.0.1:{serve.ports['http']} is taken.*; trying "
+                       rf"again in 1 s", RECOVERY_DEADLINE)
+        serve.wait_for(r"did not start again: .*; trying again in 2 s", RECOVERY_DEADLINE)
+    serve.wait_for(r"tritonserver restarted .* and ready", RECOVERY_DEADLINE)
+    assert serve.process.poll() is None and serve.ready(io_spec.PIPELINE_MODEL)
+    assert "times within" not in serve.output
+    assert serve.log.read_text().count("Started GRPCInferenceService") == 2  # the first server's lines kept
+    print(f"stopped in {serve.stop():.1f} s")
+
+
+@pytest.fixture(scope="module")
+def single_instance_repository(exported_segmap: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_triton()
+    path = tmp_path_factory.mktemp("single") / "repository"
+    write_repository(path, exported_segmap.generator_onnx, instances=1)
+    return path
+
+
+def test_a_request_to_a_dead_stub_is_retried_until_its_model_is_back(single_instance_repository: Path,
+                                                                      exported_segmap: Exported,
+                                                                      tmp_path: Path) -> None:
+    """The generator's only stub is killed: a request that reaches it fails with a state that passes
+    (`ServerUnavailable`: Triton's "Stub process ... is not healthy", or the model out while it is reloaded), and a
+    client with the project's own retries gets its image once the supervisor has reloaded the model."""
+    serve = Serve(single_instance_repository, tmp_path / "tritonserver.log")
+    try:
+        feed = exported_segmap.inputs(1, seed=6)
+        victim = next(stub for stub in serve.stubs() if stub.model == io_spec.GENERATOR_MODEL)
+        with SpadeClient(serve.url, timeout=30) as once, \
+                SpadeClient(serve.url, timeout=30, retries=SERVING_RETRIES) as patient:
+            once.served, patient.served  # described before the kill
+            os.kill(victim.pid, signal.SIGKILL)
+            with pytest.raises(ServerUnavailable):
+                once.synthesize(feed[io_spec.LABEL])
+            images = patient.synthesize(feed[io_spec.LABEL])
+        np.testing.assert_array_equal(images, exported_segmap.run_generator(feed)[io_spec.IMAGE])
+        print(f"stopped in {serve.stop():.1f} s")
+    finally:
+        serve.kill()
