@@ -144,8 +144,7 @@ import sys
 from pathlib import Path
 
 from spade_deploy.bench.inprocess import float64_outputs, graph_feeds
-from spade_deploy.bench.runtimes import FP16, Subject, cuda_runner, eager_runner, tensorrt_engine_runner, \
-    tensorrt_fp32_precision
+from spade_deploy.bench.runtimes import FP16, FP32, Subject, cuda_runner, eager_runner, tensorrt_engine_runner
 from spade_deploy.export.metadata import read_export_metadata
 from spade_deploy.export.parity import check, compare, format_table, quality
 from spade_deploy.model.checkpoint import load_generator
@@ -158,7 +157,7 @@ subject = Subject(generator, metadata.height, metadata.width, threads=4, graphs=
 feeds = graph_feeds(generator.config, 4, metadata.height, metadata.width, seed=0)
 reference = float64_outputs(generator, {4: feeds})[4]
 runners = {"eager PyTorch (CPU)": eager_runner(subject, None), "ONNX Runtime CUDA": cuda_runner(subject, onnx)}
-for directory, precision in ((export, FP16), (export_fp32, tensorrt_fp32_precision())):
+for directory, precision in ((export, FP16), (export_fp32, FP32)):  # engines are built with TF32 off
     if (directory / "generator.plan").is_file():
         runners[f"TensorRT engine {precision}"] = tensorrt_engine_runner(directory / "generator.plan", precision)
 outputs = {name: runner(feeds) for name, runner in runners.items()}

@@ -91,6 +91,9 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
     for name, (minimum, optimum, maximum) in engine_profile(onnx_path, options.max_batch).items():
         profile.set_shape(name, minimum, optimum, maximum)
     config.add_optimization_profile(profile)
+    # TensorRT computes fp32 convs in TF32 (10-bit mantissas) on Ampere and newer unless told not to: an fp32 engine,
+    # and the fp32 layers of an fp16 one, are fp32.
+    config.clear_flag(trt.BuilderFlag.TF32)
 
     if options.fp16:
         config.set_flag(trt.BuilderFlag.FP16)
