@@ -8,9 +8,9 @@
     GET  /api/examples/{i}.png   example i as a label PNG in the model's encoding
 
 Every GET also answers HEAD (its headers alone). Every error is JSON `{"error": "..."}`: 400 for a bad input (the
-client library's words), 413 for a body over the limit, 404 for an unknown path or example, 502/503/504 when the
-backend (a Triton server) fails, is gone or is slow. One synthesis runs at a time: the page sends at most one request
-at once, and the CPU is the model's.
+client library's words; also a query parameter a POST does not take), 413 for a body over the limit, 404 for an
+unknown path or example, 502/503/504 when the backend (a Triton server) fails, is gone or is slow. One synthesis runs
+at a time: the page sends at most one request at once, and the CPU is the model's.
 """
 from __future__ import annotations
 
@@ -77,12 +77,14 @@ def create_app(backend: Backend, *, max_body: int = MAX_BODY_BYTES) -> FastAPI:
 
     @app.post("/api/labels")
     async def labels(request: Request) -> Response:
+        check_query(request)
         body = await read_body(request.stream(), max_body)
         indices = await run_in_threadpool(read_labels, body, config, height, width)
         return Response(indices.tobytes(), media_type="application/octet-stream")
 
     @app.post("/api/synthesize")
     async def synthesize(request: Request) -> Response:
+        check_query(request, "seed")
         body = await read_body(request.stream(), max_body)
         parsed = await run_in_threadpool(parse_synthesis, body, request.headers.get("content-type", ""),
                                          request.query_params.getlist("seed"), config, height, width)
@@ -109,6 +111,15 @@ def create_app(backend: Backend, *, max_body: int = MAX_BODY_BYTES) -> FastAPI:
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
     return app
+
+
+def check_query(request: Request, *names: str) -> None:
+    """A `ValueError` for query parameters other than `names` (a mistyped `?sed=7` would otherwise be ignored)."""
+    unknown = sorted(set(request.query_params) - set(names))
+    if unknown:
+        takes = " and ".join(f"?{name}=" for name in names) or "no query parameters"
+        raise ValueError(f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"{request.url.path} takes {takes}")
 
 
 def _latent_choice(backend: Backend, request: SynthesisRequest) -> int | None:

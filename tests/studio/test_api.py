@@ -140,6 +140,8 @@ def test_bad_requests_get_the_client_librarys_words_and_the_server_keeps_serving
                       reader_words(tmp_path, b"GIF89a, or anything else", config)),
         "RGB PNG": ("/api/synthesize", rgb, "image/png", 400, reader_words(tmp_path, rgb, config)),
         "RGB PNG to /api/labels": ("/api/labels", rgb, "image/png", 400, reader_words(tmp_path, rgb, config)),
+        "a query to /api/labels": ("/api/labels?seed=1", label_bytes(tmp_path, good, config), "image/png", 400,
+                                   "unknown query parameter seed; /api/labels takes no query parameters"),
         "empty body": ("/api/synthesize", b"", "image/png", 400,
                        "the label map is empty (0 bytes); send a single-channel label PNG"),
         "oversized body": ("/api/synthesize", bytes(MAX_BODY_BYTES + 1), "image/png", 413,
@@ -279,6 +281,8 @@ def test_seeds_are_int64_in_plain_decimal_given_once(vae_studio: Studio, exporte
     digits = "1" * 5000
     refused = {
         "?seed=7&seed=8": "give ?seed= once, not 2 times",
+        "?sed=7": "unknown query parameter sed; /api/synthesize takes ?seed=",
+        "?seed=7&style=a&z=1": "unknown query parameters style, z; /api/synthesize takes ?seed=",
         "?seed=1_000": f"{SEED_WORDS}, got '1_000'",
         "?seed=%2B7": f"{SEED_WORDS}, got '+7'",
         "?seed=%207": f"{SEED_WORDS}, got ' 7'",
