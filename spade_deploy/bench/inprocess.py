@@ -1,7 +1,7 @@
 """In-process benchmark: every runtime of `runtimes.RUNTIMES` on the same synthetic label maps, in one run.
 
 All runtimes are built first; then, per batch, they take turns call by call (`warmup` untimed rounds, then
-`repeats` timed rounds, the starting runtime rotating), so load that drifts during the run (this machine is shared)
+`repeats` timed rounds, in a shuffled order each round), so load that drifts during the run (this machine is shared)
 hits all of them alike. Each call starts after a pause of SETTLE_S: a runtime's worker threads keep spinning for a
 while after its call returns (ONNX Runtime's by default), and would otherwise take the cores from the next runtime's
 call (two sessions of the sparse ADE20K export taking turns back to back ran 1.09x slower than with 0.1 s between
@@ -56,8 +56,12 @@ from spade_deploy.model.networks import SPADEGenerator
 from spade_deploy.model.synthetic import random_generator, synthetic_batch
 from spade_deploy.model.tensors import instance_edges, sample_z, to_semantic_input
 
-# 2: rows carry their precision and their quality against the float64 model; 3: and the best exact plain baseline
-FORMAT_VERSION = 3
+# 2: rows carry their precision and their quality against the float64 model; 3: and the best exact plain baseline;
+# 4: the setup says how peak memory was measured, and the runtimes take turns in a shuffled order
+FORMAT_VERSION = 4
+PEAK_MEMORY = ("the most the process held above its resident set before building the runtime, while building it or "
+               "over its calls up to that batch (weights, compiled graph, load-time copies, arenas, activations; host "
+               "memory only), each runtime measured in a process of its own (spade_deploy.bench.memory_probe)")
 SETTLE_S = 0.1  # pause before each call of the runtimes taking turns (module docstring)
 BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label neighbourhood (two 3x3 convs)
 
@@ -66,9 +70,10 @@ BOUNDARY_RADIUS = 2  # SPADE's gamma/beta at a pixel depend on its 5x5 label nei
 class Options:
     batches: tuple[int, ...] = (1, 4)
     repeats: int = 5  # timed calls per runtime and batch
-    # Untimed calls before them: two, as an ONNX Runtime session's second call still took about 2x its median
-    # (ADE20K 256x256, sparse and plain exports alike).
-    warmup: int = 2
+    # Untimed calls before them: three, as an ONNX Runtime session's second call still took about 2x its median
+    # (ADE20K 256x256, sparse and plain exports alike), and eager PyTorch's third 1.2-1.56x (the committed runs of
+    # 2026-12-01 with two).
+    warmup: int = 3
     threads: int = 2  # intra-op threads of every runtime (torch.set_num_threads for PyTorch)
     seed: int = 0  # weights, label maps and latents
     regions: int = 16  # irregular regions per synthetic label map: the boundary share follows from it
@@ -261,6 +266,7 @@ def run_inprocess(config: GeneratorConfig, *, height: int | None = None, width: 
              "one_at_a_time": options.one_at_a_time,
              "label_maps": f"synthetic, {options.regions} irregular regions each", "regions": options.regions,
              "quality_reference": "the generator in float64 (spade_deploy.export.parity.float64_copy)",
+             "peak_memory": PEAK_MEMORY,
              "runtimes": {runtime.name: runtime.summary for runtime in chosen}}
     machine["load_average_1min_end"] = load_average()
     machine |= cpu_competition(cpu_start, machine["cores"])
@@ -294,14 +300,17 @@ def _build(runtimes: list[Runtime], subject: Subject) -> list[_Built]:
 
 def _bench_batch(built: list[_Built], batch: int, feeds: Feeds, references: tuple[np.ndarray, np.ndarray],
                  subject: Subject, options: Options) -> list[Row]:
-    """Runtimes take turns call by call: a warm-up round, then `repeats` timed rounds, the first runtime rotating.
-    `references`: eager float32's and the float64 model's outputs on `feeds`."""
+    """Runtimes take turns call by call: `warmup` untimed rounds, then `repeats` timed rounds, in a shuffled order
+    each round (as `take_turns`: no runtime always follows the same one). `references`: eager float32's and the
+    float64 model's outputs on `feeds`."""
     reference, reference_f64 = references
     calls = {entry.runtime.name: _Calls() for entry in built}
     rounds = options.warmup + options.repeats
+    order, shuffler = list(built), random.Random(options.seed * 1009 + batch)
     with tqdm(total=rounds * len(built), desc=f"batch {batch}", unit="call", file=sys.stderr) as progress:
         for index in range(rounds):
-            for entry in built[index % len(built):] + built[:index % len(built)]:
+            shuffler.shuffle(order)
+            for entry in order:
                 progress.set_postfix_str(entry.runtime.name)
                 time.sleep(SETTLE_S)
                 output, latency_ms = timed_call(lambda: entry.run(feeds))

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from spade_deploy.bench.perf_analyzer import STABILITY_PERCENT  # noqa: E402
+from spade_deploy.files import atomic_path  # noqa: E402
 from spade_deploy.model.io_spec import GENERATOR_MODEL, PIPELINE_MODEL  # noqa: E402
 
 RESULT_FILES = {"inprocess": "inprocess.json", "served": "served.json"}
@@ -36,15 +37,32 @@ def write_result(directory: Path, result: dict[str, Any]) -> Path:
 
 
 def write_json(path: Path, result: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def read_results(directory: Path) -> dict[str, dict[str, Any]]:
+    """The results a folder holds, by kind; a `ValueError` naming a file that is not a result (checked before a run
+    that will write beside it, so that the run's work is not lost to it)."""
+    results = {}
+    for kind, name in RESULT_FILES.items():
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            results[kind] = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} is not a readable benchmark result ({error}); move it away, or write to "
+                             f"another folder") from None
+        if not isinstance(results[kind], dict) or results[kind].get("kind") != kind:
+            raise ValueError(f"{path} is not a {kind} benchmark result; move it away, or write to another folder")
+    return results
 
 
 def render(directory: Path) -> Path:
     """`summary.md` (and the charts) from the results in `directory`."""
-    results = {kind: json.loads((directory / name).read_text()) for kind, name in RESULT_FILES.items()
-               if (directory / name).is_file()}
+    results = read_results(directory)
     if not results:
         raise ValueError(f"{directory} holds no benchmark result ({', '.join(RESULT_FILES.values())})")
     machine = next(iter(results.values()))["machine"]
@@ -171,10 +189,10 @@ def _inprocess_section(result: dict[str, Any]) -> list[str]:
               "precision: what the runtime's convs and matmuls compute in, as the runtime reports it where it "
               "chooses (OpenVINO's compiled model); tf32: fp32 tensors, convs on TF32 tensor cores. p50/p95/p99: "
               "percentiles of the timed calls (linear interpolation; with few calls p95 and p99 sit near the "
-              "slowest). images/s = batch / p50. peak MiB: the most the process held above its resident set before "
-              "building the runtime, while building it or over its calls up to that batch (weights, compiled graph, "
-              "load-time copies, arenas, activations; host memory only), each runtime measured in a process of its "
-              "own. " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
+              "slowest). images/s = batch / p50. peak MiB: "
+              + setup.get("peak_memory", "measured by an earlier method, not recorded with these results (see the "
+                                         "history of spade_deploy/bench/memory_probe.py)")
+              + ". " + _SCHEDULE[bool(setup.get("one_at_a_time"))], ""]
     return lines
 
 
@@ -249,6 +267,13 @@ def _served_section(result: dict[str, Any]) -> list[str]:
                       level["p50_ms"], level["p95_ms"], level["p99_ms"], level["server"][pipe]["queue_ms"],
                       level["server"][gen]["mean_batch"], level["stopped_early"] or "no"]
                      for level in result["fixed_rate"]])
+    if result.get("format_version", 1) >= 2:
+        lines += ["achieved req/s: every answer, from the first send to the last answer; the arrivals' exponential "
+                  "gaps are scaled to span exactly requests / offered rate.", ""]
+    else:
+        lines += ["(Recorded in format 1: the arrivals were drawn unscaled, so the rate sent could differ from "
+                  "the offered one by tens of per cent, and achieved req/s counted only the answers until the last "
+                  "send.)", ""]
     lines += _perf_analyzer_section(result)
     overhead, wire = result["serving_overhead"], result["wire_bytes"]
     if overhead:

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inprocess.add_argument("--runtimes", type=_names, metavar="NAME,…",
                            help=f"runtimes to compare (default: all): {', '.join(RUNTIMES)}")
     inprocess.add_argument("--repeats", type=int, help="timed calls per runtime and batch (default: 5)")
-    inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 2)")
+    inprocess.add_argument("--warmup", type=int, help="untimed calls before them (default: 3)")
     inprocess.add_argument("--threads", type=int, help="intra-op threads of every runtime (default: 2)")
     inprocess.add_argument("--one-at-a-time", action="store_true", default=None,
                            help="build, time and free each runtime in turn instead of letting them take turns call "
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.out is not None:
         check_output_folder(args.out, "--out")
+        if args.out.is_dir():
+            report.read_results(args.out)  # the summary re-renders every result there: refuse a broken one now
     config = generator_preset(args.preset, **({"ngf": args.ngf} if args.ngf is not None else {}))
     height, width = size_of(args) or config.image_size
     config = _sized(config, height, width)
@@ -175,9 +177,15 @@ def _positive_list(kind: type, example: str) -> Callable[[str], tuple]:
                 from None
         if not all(0 < value < float("inf") for value in values):  # also refuses nan
             raise argparse.ArgumentTypeError(f"values must be positive and finite, got {text!r}")
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"values must be distinct (each is measured once), got {text!r}")
         return values
     return parse
 
 
 def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated runtime names such as eager,sparse-ort, got "
+                                         f"{text!r}")
+    return names

@@ -14,7 +14,8 @@ from tritonclient.utils import np_to_triton_dtype
 
 from spade_deploy.bench import report
 from spade_deploy.bench.inprocess import boundary_share, graph_feeds
-from spade_deploy.bench.served import DISTINCT_MAPS, ServedOptions, message_bytes, run_served, wire_bytes
+from spade_deploy.bench.served import (DISTINCT_MAPS, ServedOptions, arrival_offsets, message_bytes, run_served,
+                                       wire_bytes)
 from spade_deploy.model import io_spec
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.serve.repository import QUEUE_DELAY_US
@@ -129,3 +130,12 @@ def test_wire_bytes_scale_with_the_tensors() -> None:
     request, response = message_bytes("m", {"x": np.zeros((2, 5), np.float32)}, {"y": np.zeros(3, np.uint8)})
     wider, longer = message_bytes("m", {"x": np.zeros((2, 6), np.float32)}, {"y": np.zeros(4, np.uint8)})
     assert (wider - request, longer - response) == (2 * 4, 1)
+
+
+def test_open_loop_arrivals_offer_exactly_the_rate() -> None:
+    """Exponential gaps, scaled: the last of N arrivals at rate r comes at N / r seconds, whatever the draws."""
+    for count, seed in ((16, 0), (48, 0), (48, 7)):
+        offsets = arrival_offsets(5.0, count, seed)
+        assert len(offsets) == count and np.all(np.diff(offsets) > 0)
+        assert offsets[-1] == pytest.approx(count / 5.0, rel=1e-12)
+        assert len(set(np.round(np.diff(offsets), 9))) == count - 1  # still irregular

@@ -110,12 +110,20 @@ def test_output_paths_are_checked_before_the_benchmark(tmp_path, capsys: pytest.
         in capsys.readouterr().err
     assert main(["bench", "--preset", "ade20k", "--out", str(tmp_path / "file")]) == USER_ERROR
     assert "--out " + str(tmp_path / "file") + " is a file; expected a folder" in capsys.readouterr().err
+    # The summary re-renders every result in --out: one that is broken is refused before the run, not after it.
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "served.json").write_text("{not json")
+    assert main(["bench", "--preset", "ade20k", "--out", str(tmp_path / "results")]) == USER_ERROR
+    assert f"{tmp_path / 'results' / 'served.json'} is not a readable benchmark result (Expecting property name" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "ade20k", "--batch", "1,x"], "expected comma-separated values such as 1,4"),
     (["--preset", "ade20k", "--served", "--rates", "nan"], "values must be positive and finite, got 'nan'"),
     (["--preset", "ade20k", "--served", "--rates", "5,inf"], "values must be positive and finite, got '5,inf'"),
+    (["--preset", "ade20k", "--batch", "1,1"], "values must be distinct (each is measured once), got '1,1'"),
+    (["--preset", "ade20k", "--runtimes", ","], "expected comma-separated runtime names such as eager,sparse-ort"),
     (["--preset", "custom"], "invalid choice: 'custom'"),
     ([], "the following arguments are required: --preset"),
 ])
