@@ -123,13 +123,15 @@ def write_export(checkpoint: str | Path, folder: str | Path, *, encoder: str | P
         exported = Exported(generator, module, path, choice)
     with step(f"parity: eager, deployment graph and {runtime_name(choice.runtime, choice.precision)} vs float64 "
               "(generator)"):
-        exported.parity += generator_parity(generator, module, exported.generator_onnx, samples=parity_samples)
+        exported.parity += generator_parity(generator, module, exported.generator_onnx, samples=parity_samples,
+                                            tolerance=tolerance)
     if style_encoder is not None:
         with step("exporting the encoder to ONNX"):
             exported.encoder, exported.encoder_graph = style_encoder, encoder_graph(style_encoder)
             exported.encoder_onnx = write_encoder_onnx(exported.encoder_graph, folder / ENCODER_FILE)
         with step("parity: eager, deployment graph and ONNX Runtime vs float64 (encoder)"):
-            exported.parity += encoder_parity(style_encoder, exported.encoder_graph, exported.encoder_onnx)
+            exported.parity += encoder_parity(style_encoder, exported.encoder_graph, exported.encoder_onnx,
+                                              tolerance=tolerance)
     print(format_table(exported.parity, tolerance))
     print(format_quality(exported.parity))
     _write_parity(folder / PARITY_FILE, exported, tolerance)

@@ -19,9 +19,16 @@ from spade_deploy.model.tensors import to_semantic_input
 
 def synthetic_label_map(height: int, width: int, *, num_regions: int = 16, num_classes: int = 8,
                         seed: int = 0) -> np.ndarray:
-    """`[H, W]` int64 class indices: `num_regions` irregular regions (a Voronoi partition of a noise-warped grid),
-    each given a class in `[0, num_classes)`; neighbouring regions may share a class, as in real maps."""
+    """`[H, W]` int64 class indices: `num_regions` irregular regions (`_regions`), each given a class in
+    `[0, num_classes)`; neighbouring regions may share a class, as in real maps."""
     rng = np.random.default_rng(seed)
+    region = _regions(height, width, num_regions, rng)
+    classes = rng.integers(0, num_classes, size=num_regions)
+    return classes[region].astype(np.int64)
+
+
+def _regions(height: int, width: int, num_regions: int, rng: np.random.Generator) -> np.ndarray:
+    """`[H, W]` region indices: a Voronoi partition of a noise-warped grid (some regions may come out empty)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     # Smooth random warps make region borders wander instead of being straight Voronoi edges.
     warp = max(height, width) / 10.0
@@ -34,10 +41,14 @@ def synthetic_label_map(height: int, width: int, *, num_regions: int = 16, num_c
             2 * np.pi * frequency * xs / width + phase[3])
         ys = ys_w
     centres = rng.uniform((0, 0), (height, width), size=(num_regions, 2))
-    distance = (ys[None] - centres[:, 0, None, None]) ** 2 + (xs[None] - centres[:, 1, None, None]) ** 2
-    region = distance.argmin(axis=0)
-    classes = rng.integers(0, num_classes, size=num_regions)
-    return classes[region].astype(np.int64)
+    # The nearest centre, one centre at a time (hundreds of regions at full size: no [regions, H, W] array); the
+    # first of equally near ones, as an argmin.
+    nearest, region = np.full((height, width), np.inf), np.zeros((height, width), np.int64)
+    for index, (y, x) in enumerate(centres):
+        distance = (ys - y) ** 2 + (xs - x) ** 2
+        closer = distance < nearest
+        nearest[closer], region[closer] = distance[closer], index
+    return region
 
 
 def synthetic_instance_map(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -49,13 +60,31 @@ def synthetic_instance_map(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
     return (labels.astype(np.int64) * 1000 + column_part[None, :]).astype(np.int32)
 
 
+def every_class_map(height: int, width: int, num_classes: int, *, seed: int = 0) -> np.ndarray:
+    """A `synthetic_label_map` in which every class of `[0, num_classes)` appears: twice as many regions as classes,
+    the regions that came out non-empty given the classes in turn (shuffled)."""
+    rng = np.random.default_rng(seed)
+    region = _regions(height, width, 2 * num_classes, rng)
+    present = np.unique(region)
+    if len(present) < num_classes:
+        raise ValueError(f"a {height}x{width} map holds too few regions ({len(present)}) for all {num_classes} "
+                         f"classes")
+    classes = np.zeros(2 * num_classes, np.int64)
+    classes[present] = rng.permutation(np.resize(np.arange(num_classes), len(present)))
+    return classes[region]
+
+
 def synthetic_batch(config: GeneratorConfig, batch: int, *, height: int | None = None, width: int | None = None,
-                    num_regions: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label maps `[N, H, W]` using every one-hot index incl. don't-care, and instance maps if the model uses them."""
+                    num_regions: int = 16, seed: int = 0,
+                    every_class: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label maps `[N, H, W]` of `num_regions` regions with classes drawn from every one-hot index incl. don't-care
+    (with `every_class`: each map holds every index, `every_class_map`), and instance maps if the model uses them."""
     default_height, default_width = config.image_size
     height, width = height or default_height, width or default_width
-    labels = np.stack([synthetic_label_map(height, width, num_regions=num_regions,
-                                           num_classes=config.num_label_channels, seed=seed + item)
+    classes = config.num_label_channels
+    labels = np.stack([every_class_map(height, width, classes, seed=seed + item) if every_class else
+                       synthetic_label_map(height, width, num_regions=num_regions, num_classes=classes,
+                                           seed=seed + item)
                        for item in range(batch)])
     instances = (np.stack([synthetic_instance_map(labels[item], seed=seed + item) for item in range(batch)])
                  if config.use_instance else None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import pytest
 import torch
 
 from spade_deploy.model.config import GeneratorConfig
 from spade_deploy.model.tensors import instance_edges, to_semantic_input
-from spade_deploy.model.synthetic import random_generator, synthetic_batch, synthetic_instance_map, synthetic_label_map
+from spade_deploy.model.synthetic import (every_class_map, random_generator, synthetic_batch, synthetic_instance_map,
+                                          synthetic_label_map)
 
 
 def connected_regions(labels: np.ndarray) -> int:
@@ -41,6 +43,18 @@ def test_label_map_is_deterministic_with_irregular_regions() -> None:
     for seed in range(4):
         assert 8 <= connected_regions(synthetic_label_map(64, 64, num_regions=20, num_classes=150, seed=seed)) <= 40
 
+
+def test_an_every_class_map_holds_every_class() -> None:
+    """What the export's parity check runs first: every row of the per-class tables used, down to small maps."""
+    for height, width, classes in ((32, 32, 184), (64, 64, 151), (256, 512, 36)):
+        labels = every_class_map(height, width, classes, seed=height)
+        assert labels.dtype == np.int64 and labels.shape == (height, width)
+        assert np.array_equal(np.unique(labels), np.arange(classes))
+    config = GeneratorConfig(label_nc=150, contain_dontcare_label=True, crop_size=64)
+    labels, _ = synthetic_batch(config, 2, every_class=True)
+    assert all(len(np.unique(item)) == config.num_label_channels for item in labels)  # don't-care included
+    with pytest.raises(ValueError, match="a 8x8 map holds too few regions"):
+        every_class_map(8, 8, 151)
 
 def test_instance_map_has_an_edge_at_every_label_boundary() -> None:
     labels = synthetic_label_map(64, 64, num_regions=16, num_classes=8, seed=1)
