@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, graphs: tuple[str, ...], d
     graph = parser.add_mutually_exclusive_group()
     graph.add_argument("--graph", choices=graphs, default=default_graph,
                        help="; ".join(f"{name}: {GRAPHS[name]}" for name in graphs)
-                       + f" (default here: {default_graph or 'the one fastest at --precision on this CPU'})")
+                       + " (default here: " + (default_graph or "the one fastest at --precision on this CPU; dense "
+                                                                 "for a gpu repository") + ")")
     graph.add_argument("--dense", dest="graph", action="store_const", const="dense", help="same as --graph dense")
     parser.add_argument("--repository", type=Path,
                         help="also write a Triton model repository here (serve it with `spade-deploy serve`)")
@@ -103,6 +104,15 @@ def run_onnx(args: argparse.Namespace) -> int:
     reason = args.repository and unservable_reason(choose(args.precision).precision, args.variant)
     if reason:  # fail before minutes of export, not after
         raise ValueError(f"--repository: {reason}")
+    if args.repository and args.variant == "gpu":
+        # ONNX Runtime's TensorRT accelerator builds one engine per graph from a fixed profile of the graph's inputs;
+        # a sparse graph's data-dependent shapes (NonZero, Unique) split it between TensorRT and CUDA, and the
+        # profile cannot cover the pieces.
+        if args.graph not in (None, "dense"):
+            raise ValueError(f"--graph {args.graph} cannot be served by the gpu repository (ONNX Runtime's TensorRT "
+                             f"accelerator needs the dense graph's fixed shapes): leave --graph out (dense), or "
+                             f"build TensorRT engines with `spade-deploy export trt`")
+        args.graph = "dense"
     with staged(args.out) as folder:  # --out gets the files only when everything here succeeded
         exported = export(args, args.precision, folder)
         if args.repository:
@@ -212,4 +222,6 @@ def _repository(args: argparse.Namespace, exported, **options: Any) -> None:
     with step(f"writing the Triton model repository ({args.variant})"):
         repository.write_repository(args.repository, exported.generator_onnx, exported.encoder_onnx,
                                     variant=args.variant, max_request_memory=args.max_request_memory, **options)
-    print(f"wrote {args.repository} (serve it: spade-deploy serve --repository {args.repository})")
+    serve = (f"spade-deploy serve --repository {args.repository}" if args.variant == "cpu" else
+             "in NVIDIA's Triton container, docs/deployment.md")
+    print(f"wrote {args.repository} (serve it: {serve})")

@@ -550,3 +550,17 @@ def test_module_entry_points_run_from_the_repository_root(own_checkpoint, tmp_pa
     result = run("training.train", "--preset", "custom", "--label-nc", "4", "--dataroot", str(tmp_path),
                  "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "--no-vgg-loss", "--dry-run")
     assert result.returncode == 0 and json.loads(result.stdout)["generator"]["label_nc"] == 4
+
+
+def test_a_gpu_repository_gets_the_dense_graph(own_checkpoint, tmp_path, capsys):
+    """ONNX Runtime's TensorRT accelerator needs fixed shapes: the gpu variant exports the dense graph, and refuses a
+    sparse one before any work."""
+    out, repository = tmp_path / "out", tmp_path / "repository"
+    argv = ["export", "onnx", str(own_checkpoint), "--out", str(out), "--repository", str(repository), "--variant",
+            "gpu", "--parity-samples", "1"]
+    assert cli.main([*argv, "--graph", "sparse"]) == 2
+    assert "--graph sparse cannot be served by the gpu repository" in capsys.readouterr().err
+    assert not out.exists() and not repository.exists()
+    assert cli.main(argv) == 0
+    assert read_export_metadata(out / "generator.onnx").graph == "dense"
+    assert f"wrote {repository} (serve it: in NVIDIA's Triton container, docs/deployment.md)" in capsys.readouterr().out
