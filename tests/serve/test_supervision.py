@@ -28,13 +28,18 @@ from tests.fixtures.serving import Exported, require_triton
 RECOVERY_DEADLINE = 60.0  # seconds: generous, the machine is shared; a recovery takes a few seconds
 
 
+def segmap_repository(exported: Exported, factory: pytest.TempPathFactory, instances: int) -> Path:
+    """The generator (with `instances` instances) and the pipeline, in a repository of their own."""
+    require_triton()
+    path = factory.mktemp("supervised") / "repository"
+    write_repository(path, exported.generator_onnx, instances=instances)
+    return path
+
+
 @pytest.fixture(scope="module")
 def repository(exported_segmap: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generator (two instances, as deployed: a killed one leaves the other serving) and pipeline."""
-    require_triton()
-    path = tmp_path_factory.mktemp("supervised") / "repository"
-    write_repository(path, exported_segmap.generator_onnx, instances=2)
-    return path
+    """Two generator instances, as deployed: a killed one leaves the other serving."""
+    return segmap_repository(exported_segmap, tmp_path_factory, instances=2)
 
 
 @pytest.fixture
@@ -212,7 +217,10 @@ def test_a_restart_that_finds_a_port_taken_is_tried_again_not_counted_as_deaths(
     try:
         os.kill(first, signal.SIGKILL)
         squatter = socket.socket()
-        deadline = time.monotonic() + 10
+        # As servers bind (and the supervisor's own check of the port): connections the dead server closed may
+        # linger in TIME_WAIT on its port, which only a listening socket should count as taken.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + RECOVERY_DEADLINE
         while True:  # the port is free once the kernel has closed the dead server's sockets
             try:
                 squatter.bind(("127.0.0.1", serve.ports["http"]))
@@ -236,10 +244,7 @@ def test_a_restart_that_finds_a_port_taken_is_tried_again_not_counted_as_deaths(
 
 @pytest.fixture(scope="module")
 def single_instance_repository(exported_segmap: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_triton()
-    path = tmp_path_factory.mktemp("single") / "repository"
-    write_repository(path, exported_segmap.generator_onnx, instances=1)
-    return path
+    return segmap_repository(exported_segmap, tmp_path_factory, instances=1)
 
 
 def test_a_request_to_a_dead_stub_is_retried_until_its_model_is_back(single_instance_repository: Path,
